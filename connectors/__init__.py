@@ -1,0 +1,1 @@
+"""Sources and sinks around the streamcascade library (which never imports this package)."""

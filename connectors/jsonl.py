@@ -1,0 +1,64 @@
+"""JSON Lines in and out: one CodeRequest per line in, one CascadeAnswer per line out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel, ValidationError
+
+from connectors.base import Record
+from streamcascade.schemas import CodeRequest, DeadLetter
+
+
+class JsonlSource:
+    """Reads CodeRequests from a .jsonl file. A line that is not valid JSON or not a
+    valid request becomes a dead letter with the reason; reading goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> Iterator[Record]:
+        with self.path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if not text.strip():
+                    continue
+                where = f"{self.path}:{number}"
+                try:
+                    yield Record(request=CodeRequest.model_validate_json(text))
+                except ValidationError as exc:
+                    reason = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}"
+                        for e in exc.errors()
+                    )
+                    yield Record(
+                        dead_letter=DeadLetter(
+                            reason=reason, error_type="ValidationError", raw=text, source=where
+                        )
+                    )
+
+
+class JsonlSink:
+    """Writes one JSON object per line and flushes it, to a file or stdout."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._handle: IO[str] = path.open("a", encoding="utf-8") if path else sys.stdout
+
+    def write(self, record: BaseModel) -> None:
+        self._handle.write(record.model_dump_json() + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._handle.close()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")

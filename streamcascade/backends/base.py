@@ -1,0 +1,86 @@
+"""The Backend protocol: batch-first generation with token accounting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Purpose = Literal["solutions", "tests"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One generation request.
+
+    `messages` is what a chat model sees. `request_id` and `purpose` let a
+    replay backend find the recorded generation; live backends ignore them.
+    """
+
+    request_id: str
+    purpose: Purpose
+    messages: tuple[ChatMessage, ...]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How to sample. Mirrors the common subset of vLLM's SamplingParams."""
+
+    n: int = 1
+    """Completions per prompt."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 0.95
+    """Nucleus sampling mass; ignored when greedy."""
+    max_tokens: int = 512
+    """Upper bound on generated tokens per completion."""
+    stop: tuple[str, ...] = ()
+    """Generation stops before any of these strings."""
+    seed: int = 0
+    """Base seed; completion i of a prompt uses seed + i so samples differ."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    finish_reason: str = "stop"
+
+
+@dataclass
+class GenerationStats:
+    """Totals a backend accumulates over its lifetime, for benchmarks."""
+
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+    per_purpose_tokens_out: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model that turns prompts into completions."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def generate(
+        self, prompts: list[Prompt], params: GenerationParams
+    ) -> list[list[Completion]]:
+        """One list of `params.n` completions per prompt, in prompt order."""
+        ...
+
+
+class UnknownTaskError(KeyError):
+    """A replay backend was asked for a task it has no recording of."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown task"

@@ -1,0 +1,79 @@
+"""GGUF models in-process through llama-cpp-python, on the CPU."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streamcascade.backends.base import Completion, GenerationParams, Prompt
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppBackend:
+    """One loaded model. Samples `n` completions per prompt by reseeding; the
+    prompt is evaluated once, since llama.cpp reuses its KV cache for a
+    repeated prefix, and its tokens are counted once (on the first completion).
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        model_name: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int = 0,
+    ) -> None:
+        from llama_cpp import Llama  # lazy: a replay-only user never loads the C library
+
+        self._name = model_name or model_path.stem
+        started = time.perf_counter()
+        self._llm: Any = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            seed=seed,
+            verbose=False,
+        )
+        self._lock = threading.Lock()  # a Llama context is not safe to share across threads
+        log.info("loaded %s in %.1f s", self._name, time.perf_counter() - started)
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
+        return [self._generate_one(prompt, params) for prompt in prompts]
+
+    def _generate_one(self, prompt: Prompt, params: GenerationParams) -> list[Completion]:
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        completions: list[Completion] = []
+        for i in range(params.n):
+            started = time.perf_counter()
+            with self._lock:
+                response = self._llm.create_chat_completion(
+                    messages=messages,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_tokens,
+                    stop=list(params.stop) or None,
+                    seed=params.seed + i,
+                )
+            seconds = time.perf_counter() - started
+            choice = response["choices"][0]
+            usage = response["usage"]
+            completions.append(
+                Completion(
+                    text=choice["message"]["content"] or "",
+                    tokens_in=int(usage["prompt_tokens"]) if i == 0 else 0,
+                    tokens_out=int(usage["completion_tokens"]),
+                    seconds=seconds,
+                    finish_reason=str(choice.get("finish_reason") or "stop"),
+                )
+            )
+        return completions

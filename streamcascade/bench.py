@@ -1,0 +1,241 @@
+"""Benchmarks: a cascade against each of its levels alone, on one request stream.
+
+Every level is deterministic (greedy or seeded sampling, or a recording), so a
+level's attempt at a request is computed once and shared by the configuration
+that runs it alone and the cascade that reaches it: the cascade's figures are
+composed from exactly the attempts each level made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamcascade.backends import BackendPool
+from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
+from streamcascade.config import AppConfig, LevelConfig, ReplayBackendConfig, SandboxConfig
+from streamcascade.evaluation import grade_many
+from streamcascade.metrics import RunSummary, format_table
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CodeRequest
+from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests
+from streamcascade.selfcheck.scoring import select_by_dual_agreement, select_by_pass_rate
+
+log = logging.getLogger(__name__)
+
+# USD per 1M tokens (in, out) for the recorded ladder, cheapest first.
+LADDER_PRICES: dict[str, tuple[float, float]] = {
+    "starcoder-15b": (0.30, 0.30),
+    "codellama-34b-instruct": (0.78, 0.78),
+    "gpt-3.5-turbo-0613": (1.50, 2.00),
+    "gpt-4-1106-preview": (10.0, 30.0),
+}
+
+
+class CachingLevel(Level):
+    """A level that remembers its outcome per request id."""
+
+    def __init__(self, inner: Level) -> None:
+        super().__init__(inner.index, inner.config, inner.backend, inner.sandbox)
+        self._cache: dict[str, LevelOutcome] = {}
+
+    def attempt(self, request: CodeRequest) -> LevelOutcome:
+        if request.id not in self._cache:
+            self._cache[request.id] = super().attempt(request)
+        return self._cache[request.id]
+
+
+@dataclass
+class BenchReport:
+    summaries: list[RunSummary]
+    reference_cost_usd: float
+    levels: list[int]
+
+    def table(self) -> str:
+        return format_table(self.summaries, self.levels, self.reference_cost_usd)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reference": "top level alone",
+            "reference_cost_usd": self.reference_cost_usd,
+            "configurations": [s.as_dict(self.reference_cost_usd) for s in self.summaries],
+        }
+
+
+def ladder_requests(path: Path) -> list[CodeRequest]:
+    """Requests from a humaneval-ladder file: its given tests are the visible ones."""
+    requests = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            requests.append(
+                CodeRequest(
+                    id=row["task_id"],
+                    prompt=row["prompt"],
+                    entry_point=row["entry_point"],
+                    visible_tests=list(row.get("given_tests") or []),
+                    reference_tests=row["test"],
+                )
+            )
+    return requests
+
+
+def ladder_config(directory: Path, sandbox: SandboxConfig | None = None) -> AppConfig:
+    """The four recorded models as a cascade that accepts the first answer passing
+    its visible tests (one solution each, no generated tests)."""
+    levels = []
+    names = list(LADDER_PRICES)
+    for position, name in enumerate(names):
+        price_in, price_out = LADDER_PRICES[name]
+        levels.append(
+            LevelConfig(
+                name=name,
+                backend=ReplayBackendConfig(format="ladder", path=directory / f"{name}.jsonl", name=name),
+                k_solutions=1,
+                t_test_generations=0,
+                threshold=1.0 if position < len(names) - 1 else 0.0,
+                price_in_usd_per_1m=price_in,
+                price_out_usd_per_1m=price_out,
+            )
+        )
+    return AppConfig(levels=levels, sandbox=sandbox or SandboxConfig())
+
+
+def run_bench(
+    config: AppConfig,
+    requests: Sequence[CodeRequest],
+    sandbox: Sandbox,
+    grader: Sandbox,
+    extra: Sequence[tuple[str, Sequence[int]]] = (),
+    progress: Callable[[Iterable[CodeRequest], str], Iterable[CodeRequest]] | None = None,
+) -> BenchReport:
+    """Run the full cascade, each level alone, and any `extra` (name, level
+    positions) sub-cascades over `requests`; grade every answer."""
+    pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
+    levels = [
+        CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
+        for i, lc in enumerate(config.levels)
+    ]
+    top = len(levels) - 1
+    plans: list[tuple[str, list[Level]]] = [(f"{lvl.name} alone", [lvl]) for lvl in reversed(levels)]
+    plans.append(("cascade " + " > ".join(lvl.name for lvl in levels), list(levels)))
+    for name, positions in extra:
+        plans.append((name, [levels[p] for p in positions]))
+    wrap = progress or (lambda items, _label: items)
+    summaries = []
+    for name, chosen in plans:
+        engine = CascadeEngine(chosen)
+        summary = RunSummary(name)
+        answers = [engine.process_one(r) for r in wrap(requests, name)]
+        graded = grade_many(grader, [(r, a.code) for r, a in zip(requests, answers, strict=True)])
+        for answer, passed in zip(answers, graded, strict=True):
+            summary.add(answer, passed)
+        summaries.append(summary)
+        log.info("%s: pass@1 %s, cost %.6f USD", name, summary.pass_at_1, summary.cost_usd)
+    reference = summaries[0].cost_usd  # the top level alone runs first
+    assert summaries[0].name == f"{levels[top].name} alone"
+    return BenchReport(summaries, reference, [lvl.index for lvl in levels])
+
+
+def plot_cost_quality(report: BenchReport, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in report.summaries:
+        if s.pass_at_1 is None:
+            continue
+        pct = 100 * s.cost_usd / report.reference_cost_usd if report.reference_cost_usd else 0.0
+        ax.scatter(pct, 100 * s.pass_at_1)
+        ax.annotate(s.name, (pct, 100 * s.pass_at_1), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("cost, % of the top level alone")
+    ax.set_ylabel("pass@1 on hidden tests, %")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@dataclass
+class CodeTReport:
+    n_tasks: int
+    random_pick: float
+    first_sample: float
+    max_pass_rate: float
+    dual_agreement: float
+    mean_tests_per_task: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+    def table(self) -> str:
+        rows = [
+            ("random pick (expected)", self.random_pick),
+            ("first sample", self.first_sample),
+            ("max pass rate", self.max_pass_rate),
+            ("dual execution agreement", self.dual_agreement),
+        ]
+        lines = [f"CodeT replay: {self.n_tasks} tasks, {self.mean_tests_per_task:.0f} distinct generated tests per task"]
+        lines += [f"  {name:<28} pass@1 {100 * value:5.1f}%" for name, value in rows]
+        return "\n".join(lines)
+
+
+def codet_bench(
+    directory: Path,
+    sandbox: Sandbox,
+    grader: Sandbox,
+    problems: dict[str, dict[str, Any]],
+    max_test_lines: int = 5,
+    limit: int | None = None,
+    progress: Callable[[Iterable[str], str], Iterable[str]] | None = None,
+) -> CodeTReport:
+    """CodeT on its own recordings: 100 solutions and 100 test samples per task."""
+    from streamcascade.backends.replay import CodeTReplayBackend
+
+    backend = CodeTReplayBackend(directory)
+    task_ids = list(backend.prompts)[:limit]
+    wrap = progress or (lambda items, _label: items)
+    random_total = first_total = rate_total = dual_total = 0.0
+    tests_total = 0
+    for task_id in wrap(task_ids, "codet"):
+        problem = problems[task_id]
+        prompt, entry_point = backend.prompts[task_id], problem["entry_point"]
+        solutions = backend.solutions[task_id]
+        tests = pool_tests([extract_asserts(t, entry_point, max_test_lines) for t in backend.tests[task_id]])
+        tests_total += len(tests)
+        programs = [extract_program(s, prompt, entry_point) for s in solutions]
+        unique = list(dict.fromkeys(programs))
+        results = dict(zip(unique, sandbox.run_many([(p, tests) for p in unique]), strict=True))
+        passed = [results[p].passed if results[p].load_status == "ok" else [False] * len(tests) for p in programs]
+        request = CodeRequest(
+            id=task_id, prompt=problem["prompt"], entry_point=entry_point, reference_tests=problem["test"]
+        )
+        correct_by_program = dict(
+            zip(unique, grade_many(grader, [(request, p) for p in unique]), strict=True)
+        )
+        correct = [bool(correct_by_program[p]) for p in programs]
+        # A uniform random pick's pass@1, in expectation (exactly, not sampled).
+        random_total += sum(correct) / len(correct)
+        first_total += correct[0]
+        if tests:
+            rate_total += correct[select_by_pass_rate(passed).index]
+            dual_total += correct[select_by_dual_agreement(passed).index]
+        else:
+            rate_total += correct[0]
+            dual_total += correct[0]
+    n = len(task_ids)
+    return CodeTReport(
+        n_tasks=n,
+        random_pick=random_total / n,
+        first_sample=first_total / n,
+        max_pass_rate=rate_total / n,
+        dual_agreement=dual_total / n,
+        mean_tests_per_task=tests_total / n,
+    )

@@ -1,0 +1,63 @@
+"""The cascade: levels in order of cost; the first that accepts answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from streamcascade.backends import BackendPool
+from streamcascade.cascade.level import Level
+from streamcascade.config import AppConfig, LevelConfig
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CascadeAnswer, CodeRequest
+
+
+class CascadeEngine:
+    """Climbs the levels for each request. Every attempt is paid and recorded.
+
+    The top level always answers, with its best solution, accepted or not.
+    """
+
+    def __init__(self, levels: Sequence[Level]) -> None:
+        if not levels:
+            raise ValueError("a cascade needs at least one level")
+        self.levels = list(levels)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AppConfig,
+        sandbox: Sandbox,
+        pool: BackendPool | None = None,
+        only: Sequence[LevelConfig] | None = None,
+    ) -> CascadeEngine:
+        """Build the levels of `config` (or the subset `only`, e.g. one level alone),
+        sharing loaded models through `pool`."""
+        pool = pool or BackendPool(config.model_cache_dir, config.allow_hub_download)
+        chosen = list(only) if only is not None else config.levels
+        levels = [
+            Level(config.levels.index(level) + 1, level, pool.get(level.backend), sandbox)
+            for level in chosen
+        ]
+        return cls(levels)
+
+    def process_one(self, request: CodeRequest) -> CascadeAnswer:
+        started = time.perf_counter()
+        attempts = []
+        for position, level in enumerate(self.levels):
+            outcome = level.attempt(request)
+            attempts.append(outcome.attempt)
+            if outcome.attempt.accepted or position == len(self.levels) - 1:
+                return CascadeAnswer(
+                    id=request.id,
+                    code=outcome.code,
+                    level=level.index,
+                    model=outcome.attempt.model,
+                    score=outcome.attempt.score,
+                    attempts=attempts,
+                    tokens_in=sum(a.tokens_in for a in attempts),
+                    tokens_out=sum(a.tokens_out for a in attempts),
+                    seconds=time.perf_counter() - started,
+                    cost_usd=sum(a.cost_usd for a in attempts),
+                )
+        raise AssertionError("unreachable: the last level always answers")

@@ -1,0 +1,138 @@
+"""One level of the cascade: generate solutions and tests, run them, score, decide."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from streamcascade.backends.base import Backend, Completion, GenerationParams
+from streamcascade.cascade.prompts import STOP, solution_prompt, tests_prompt
+from streamcascade.config import LevelConfig
+from streamcascade.sandbox import ExecutionResult, Sandbox
+from streamcascade.schemas import Attempt, CodeRequest, TestSummary
+from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests, select
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LevelOutcome:
+    """An attempt record plus the code it would answer with."""
+
+    attempt: Attempt
+    code: str
+
+
+def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
+    return (
+        tokens_in * config.price_in_usd_per_1m + tokens_out * config.price_out_usd_per_1m
+    ) / 1_000_000
+
+
+def _summary(result: ExecutionResult) -> TestSummary:
+    failures = [s for s in result.test_status if s != "passed"]
+    if result.load_status != "ok":
+        failures.insert(0, f"load {result.load_status}")
+    return TestSummary(
+        n_tests=len(result.test_status),
+        n_passed=result.n_passed,
+        n_timed_out=sum(s == "timed out" for s in result.test_status),
+        first_failure=failures[0][:300] if failures else None,
+    )
+
+
+class Level:
+    """A model plus the seed paper's self-check: k solutions, t test generations
+    of at most L asserts each, pooled with the request's visible tests; every
+    solution runs against every test; the best solution's score is compared
+    with the threshold."""
+
+    def __init__(self, index: int, config: LevelConfig, backend: Backend, sandbox: Sandbox) -> None:
+        self.index = index
+        self.config = config
+        self.backend = backend
+        self.sandbox = sandbox
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def attempt(self, request: CodeRequest) -> LevelOutcome:
+        config = self.config
+        started = time.perf_counter()
+        solution_params = GenerationParams(
+            n=config.k_solutions,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            stop=STOP,
+        )
+        solutions = self.backend.generate([solution_prompt(request)], solution_params)[0]
+        test_completions: list[Completion] = []
+        if config.t_test_generations > 0:
+            test_params = GenerationParams(
+                n=config.t_test_generations,
+                temperature=config.test_temperature,
+                top_p=config.top_p,
+                max_tokens=config.test_max_tokens,
+                stop=STOP,
+                seed=1_000,
+            )
+            prompt = tests_prompt(request, config.max_test_lines)
+            test_completions = self.backend.generate([prompt], test_params)[0]
+        generation_s = time.perf_counter() - started
+
+        generated = [
+            extract_asserts(c.text, request.entry_point, config.max_test_lines)
+            for c in test_completions
+        ]
+        tests = pool_tests([list(request.visible_tests), *generated])
+        n_generated = len(pool_tests(generated))
+        programs = [extract_program(c.text, request.prompt, request.entry_point) for c in solutions]
+
+        sandbox_started = time.perf_counter()
+        # Identical programs run once.
+        unique = list(dict.fromkeys(p for p in programs if p.strip()))
+        results = dict(zip(unique, self.sandbox.run_many([(p, tests) for p in unique]), strict=True))
+        sandbox_s = time.perf_counter() - sandbox_started
+
+        passed = [
+            results[p].passed if p in results and results[p].load_status == "ok" else [False] * len(tests)
+            for p in programs
+        ]
+        best_index: int | None = None
+        score = 0.0
+        if programs and any(p.strip() for p in programs):
+            if tests:
+                selection = select(passed, config.scoring)
+                best_index, score = selection.index, selection.score
+                if not programs[best_index].strip():
+                    best_index = next(i for i, p in enumerate(programs) if p.strip())
+            else:
+                # Nothing to test against: the first program that defines something.
+                best_index = next(i for i, p in enumerate(programs) if p.strip())
+                score = 1.0 if config.accept_without_tests else 0.0
+        code = programs[best_index] if best_index is not None else ""
+        tokens_in = sum(c.tokens_in for c in (*solutions, *test_completions))
+        tokens_out = sum(c.tokens_out for c in (*solutions, *test_completions))
+        best_result = results.get(code)
+        attempt = Attempt(
+            level=self.index,
+            model=self.backend.model_name,
+            n_solutions=len(solutions),
+            n_tests=len(tests),
+            n_generated_tests=n_generated,
+            best_solution_index=best_index,
+            score=score,
+            threshold=config.threshold,
+            accepted=best_index is not None and score >= config.threshold,
+            tests=_summary(best_result) if best_result is not None else None,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            generation_s=generation_s,
+            sandbox_s=sandbox_s,
+            cost_usd=_cost_usd(config, tokens_in, tokens_out),
+        )
+        log.debug("level %d on %s: score %.2f accepted=%s", self.index, request.id, score, attempt.accepted)
+        return LevelOutcome(attempt=attempt, code=code)

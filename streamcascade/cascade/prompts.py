@@ -1,0 +1,43 @@
+"""Prompt shapes for the two things a level asks its model: solutions and tests.
+
+The models repeat the prompt's docstring in their answers, so the instruction
+asks for the function only; stop sequences end generation at the closing fence.
+"""
+
+from __future__ import annotations
+
+from streamcascade.backends.base import ChatMessage, Prompt
+from streamcascade.schemas import CodeRequest
+
+SYSTEM = "You are an expert Python programmer. Answer with code only."
+STOP = ("\n```\n", "\n```\r\n", "\nif __name__")
+
+
+def solution_prompt(request: CodeRequest) -> Prompt:
+    user = (
+        "Complete this Python function. Reply with the whole function, including any "
+        "imports it needs, in one ```python code block; no explanation, no examples, "
+        "no tests.\n\n"
+        f"```python\n{request.prompt.rstrip()}\n```"
+    )
+    return Prompt(
+        request_id=request.id,
+        purpose="solutions",
+        messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
+    )
+
+
+def tests_prompt(request: CodeRequest, max_lines: int) -> Prompt:
+    user = (
+        f"Here is the specification of the Python function `{request.entry_point}`:\n\n"
+        f"```python\n{request.prompt.rstrip()}\n```\n\n"
+        f"Do not implement it. Write {max_lines} different test cases for it, each a single "
+        f"line `assert {request.entry_point}(...) == expected` with concrete arguments and the "
+        "value a correct implementation returns, covering edge cases. Reply with the assert "
+        "lines only, in one ```python code block."
+    )
+    return Prompt(
+        request_id=request.id,
+        purpose="tests",
+        messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
+    )

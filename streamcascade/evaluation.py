@@ -1,0 +1,39 @@
+"""Grading answers against hidden reference tests, in the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CodeRequest
+
+
+def reference_test(request: CodeRequest) -> str | None:
+    """HumanEval style: the reference code defines `check(candidate)`; call it."""
+    if request.reference_tests is None:
+        return None
+    return f"{request.reference_tests}\n\ncheck({request.entry_point})\n"
+
+
+def grade_many(
+    sandbox: Sandbox, pairs: Sequence[tuple[CodeRequest, str]]
+) -> list[bool | None]:
+    """Whether each code passes its request's hidden tests; None where there are none."""
+    jobs: list[tuple[str, list[str]]] = []
+    where: list[int | None] = []
+    for request, code in pairs:
+        test = reference_test(request)
+        if test is None or not code.strip():
+            where.append(None)
+            continue
+        where.append(len(jobs))
+        jobs.append((code, [test]))
+    results = sandbox.run_many(jobs)
+    graded: list[bool | None] = []
+    for (request, code), index in zip(pairs, where, strict=True):
+        if index is None:
+            graded.append(None if request.reference_tests is None else False)
+        else:
+            result = results[index]
+            graded.append(result.load_status == "ok" and result.passed == [True])
+    return graded

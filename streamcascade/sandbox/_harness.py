@@ -1,0 +1,220 @@
+"""Child side of the sandbox. Runs as `python -I _harness.py` in a new session.
+
+Trusted code runs first: it reads its job from stdin, isolates itself (network
+and mount namespaces, a private size-limited tmpfs as its working dir, a
+read-only view of every other mount), sets resource limits, drops to an
+unprivileged uid, and only then executes the untrusted program and its asserts,
+one result line per assert on the result pipe (fd given in the job).
+
+Standard library only, and no imports from streamcascade: this file is run by
+path, and nothing the untrusted code can reach should matter to the parent.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import stat
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class _TestTimeout(BaseException):
+    """BaseException so that `except Exception` in the program cannot swallow it."""
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    return libc
+
+
+def _check(ret, what):
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _expose(paths, libc):
+    """Once privileges drop, the interpreter's own files must stay readable. Where
+    one of `paths` lies below a directory others may not enter (a home dir such as
+    /root), that directory is covered by an empty tmpfs (hiding the rest of it)
+    and only `paths` are bind-mounted back, read-only like everything else."""
+    covered = {}
+    for path in paths:
+        parts = os.path.abspath(path).split(os.sep)[1:]
+        for depth in range(1, len(parts)):
+            ancestor = os.sep + os.sep.join(parts[:depth])
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                covered.setdefault(ancestor, []).append(os.path.abspath(path))
+                break
+    for ancestor, inside in covered.items():
+        handles = [(target, os.open(target, os.O_PATH)) for target in sorted(set(inside))]
+        _check(libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                          b"size=1m,mode=0755"), f"cover {ancestor}")
+        for target, handle in handles:
+            os.makedirs(target, exist_ok=True)
+            _check(libc.mount(f"/proc/self/fd/{handle}".encode(), target.encode(), None,
+                              MS_BIND | MS_REC, None), f"expose {target}")
+            os.close(handle)
+
+
+def _isolate(job, libc, report):
+    """Namespaces and mounts. Each step that the kernel refuses is reported, not fatal."""
+    isolation = {"network": False, "filesystem": False, "uid": os.getuid()}
+    root = os.geteuid() == 0
+    flags = CLONE_NEWNS | (CLONE_NEWNET if job["isolate_network"] else 0)
+    try:
+        if not root:
+            # An unprivileged user namespace gives us the rights for the rest.
+            uid, gid = os.getuid(), os.getgid()
+            _check(libc.unshare(CLONE_NEWUSER | flags), "unshare")
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"{uid} {uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"{gid} {gid} 1")
+        else:
+            _check(libc.unshare(flags), "unshare")
+        isolation["network"] = bool(job["isolate_network"])
+        _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        workdir = job["workdir"].encode()
+        opts = f"size={job['tmpfs_mb']}m,mode=0700"
+        if root and job["uid"] is not None:
+            opts += f",uid={job['uid']},gid={job['uid']}"
+        _check(libc.mount(b"tmpfs", workdir, b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "tmpfs")
+        if root and job["uid"] is not None:
+            _expose({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}, libc)
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+        for point in points:
+            if point == job["workdir"] or point.startswith(("/proc", "/sys")):
+                continue
+            # Per-mount read-only flag: affects only this namespace's view.
+            libc.mount(None, point.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+        isolation["filesystem"] = True
+    except OSError as exc:
+        report({"event": "isolation_error", "error": str(exc)})
+    return isolation
+
+
+def _limit(job):
+    cpu_s = int(job["cpu_s"]) + 1
+    limits = [
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_AS, job["memory_mb"] * 1024 * 1024),
+        (resource.RLIMIT_FSIZE, job["max_file_mb"] * 1024 * 1024),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 256),
+    ]
+    if job["uid"] is not None or os.geteuid() != 0:
+        # Counted per real uid: meaningful only once we are not root.
+        limits.append((resource.RLIMIT_NPROC, job["max_processes"]))
+    for which, value in limits:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            soft, hard = resource.getrlimit(which)
+            if hard == resource.RLIM_INFINITY or value <= hard:
+                raise
+            resource.setrlimit(which, (hard, hard))
+
+
+def _drop_privileges(job, libc):
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if job["uid"] is not None and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(job["uid"])
+        os.setuid(job["uid"])
+
+
+def _on_alarm(signum, frame):
+    raise _TestTimeout()
+
+
+def _describe(exc):
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text[:200]}" if text else name
+
+
+def main():
+    job = json.loads(sys.stdin.buffer.read())
+    out = os.fdopen(job["result_fd"], "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+
+    def report(event):
+        if event["event"] in ("done", "loaded"):
+            # The parent may reap us as soon as it reads this: output first.
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out.write(json.dumps(event) + "\n")
+
+    libc = _libc()
+    isolation = _isolate(job, libc, report)
+    os.chdir(job["workdir"])
+    os.environ.clear()
+    os.environ.update({"HOME": job["workdir"], "TMPDIR": job["workdir"], "PATH": "/usr/bin:/bin"})
+    _limit(job)
+    _drop_privileges(job, libc)
+    isolation["uid"] = os.getuid()
+    report({"event": "ready", "isolation": isolation})
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+    try:
+        signal.setitimer(signal.ITIMER_REAL, job["program_timeout_s"])
+        exec(compile(job["program"], "<solution>", "exec"), namespace)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        report({"event": "loaded", "status": "ok"})
+    except _TestTimeout:
+        report({"event": "loaded", "status": "timed out"})
+        return
+    except BaseException as exc:  # the program is untrusted: any failure is a result
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        report({"event": "loaded", "status": "error: " + _describe(exc)})
+        return
+
+    timeouts = 0
+    for index, test in enumerate(job["tests"]):
+        if timeouts >= job["max_timeouts"]:
+            break  # a program that hangs once usually hangs again: spare the budget
+        scope = dict(namespace)  # a test's assignments do not leak into the next
+        try:
+            code = compile(test, f"<test {index}>", "exec")
+            signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
+            exec(code, scope)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            status = "passed"
+        except _TestTimeout:
+            status = "timed out"
+            timeouts += 1
+        except AssertionError as exc:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            status = "failed: " + _describe(exc) if str(exc) else "failed: AssertionError"
+        except BaseException as exc:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            status = "error: " + _describe(exc)
+        report({"event": "test", "index": index, "status": status})
+    report({"event": "done"})
+
+
+if __name__ == "__main__":
+    main()
+    # Skip interpreter teardown: the program may have left threads or handlers behind.
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,291 @@
+"""Parent side of the sandbox: starts the harness child, enforces wall-clock
+limits, collects per-assert results, and cleans up whatever the child left.
+
+One child process runs one program against many asserts (a process start is
+the dominant cost; one per assert is what the throughput benchmark compares
+against). Children run in parallel on a pool of worker slots; as root, each
+slot has its own unprivileged uid, so a slot's leftovers (a fork bomb's
+children that left the process group) can be found and killed by uid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from streamcascade.config import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+_HARNESS = Path(__file__).with_name("_harness.py")
+_STARTUP_GRACE_S = 10.0  # interpreter start + namespace setup on a loaded machine
+_GRACE_S = 1.0  # on top of the child's own per-test alarm
+# Unprivileged uids for sandbox slots; chosen far above login uids.
+_BASE_UID = 61_000
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the program it ran)."""
+
+
+@dataclass
+class ExecutionResult:
+    """What happened when one program ran against a list of asserts.
+
+    `test_status[i]` is "passed", "failed: ...", "error: ...", "timed out" or
+    "not run" (the child died or was killed before reaching it).
+    """
+
+    load_status: str
+    test_status: list[str]
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+    killed: bool = False
+    isolation: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> list[bool]:
+        return [status == "passed" for status in self.test_status]
+
+    @property
+    def n_passed(self) -> int:
+        return sum(self.passed)
+
+
+class _CappedReader(threading.Thread):
+    """Drains a pipe, keeping the first `cap` bytes: a chatty program can neither
+    block on a full pipe nor fill the parent's memory."""
+
+    def __init__(self, stream: IO[bytes], cap: int) -> None:
+        super().__init__(daemon=True)
+        self._stream = stream
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.truncated = False
+
+    def run(self) -> None:
+        while chunk := self._stream.read(65536):
+            room = self._cap - self._kept
+            if room > 0:
+                self._chunks.append(chunk[:room])
+                self._kept += min(room, len(chunk))
+            if len(chunk) > room:
+                self.truncated = True
+
+    def text(self) -> str:
+        data = b"".join(self._chunks).decode("utf-8", errors="replace")
+        return data + ("\n[truncated]" if self.truncated else "")
+
+
+def _processes_of_uid(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                pids.append(int(entry))
+        except FileNotFoundError:
+            continue
+    return pids
+
+
+def _kill_uid(uid: int) -> None:
+    """kill(-1) from a process running as `uid` signals exactly that uid's processes,
+    atomically, so a fork bomb cannot outrun it."""
+    code = f"import os,signal; os.setgid({uid}); os.setuid({uid}); os.kill(-1, signal.SIGKILL)"
+    subprocess.run([sys.executable, "-I", "-c", code], check=False, capture_output=True)
+
+
+class Sandbox:
+    """Runs untrusted Python programs against assert lines. Thread-safe.
+
+    >>> box = Sandbox(SandboxConfig())
+    >>> box.run("def f(x):\\n    return x + 1", ["assert f(1) == 2", "assert f(1) == 3"]).passed
+    [True, False]
+    """
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self._config = config
+        self._workers = config.workers or os.cpu_count() or 1
+        self._as_root = os.geteuid() == 0
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(self._workers):
+            self._slots.put(slot)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sandbox")
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run_many(self, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[ExecutionResult]:
+        """Run (program, tests) pairs on all worker slots; results in job order."""
+        futures = [self._pool.submit(self.run, program, tests) for program, tests in jobs]
+        return [future.result() for future in futures]
+
+    def run(self, program: str, tests: Sequence[str]) -> ExecutionResult:
+        slot = self._slots.get()
+        try:
+            return self._run_in_slot(slot, program, list(tests))
+        finally:
+            self._slots.put(slot)
+
+    def _run_in_slot(self, slot: int, program: str, tests: list[str]) -> ExecutionResult:
+        config = self._config
+        uid = _BASE_UID + slot if (self._as_root and config.drop_privileges) else None
+        workdir = tempfile.mkdtemp(prefix="streamcascade-sandbox-")
+        read_fd, write_fd = os.pipe()
+        started = time.perf_counter()
+        job = {
+            "program": program,
+            "tests": tests,
+            "result_fd": write_fd,
+            "workdir": workdir,
+            "uid": uid,
+            "isolate_network": config.isolate_network,
+            "per_test_timeout_s": config.per_test_timeout_s,
+            "program_timeout_s": config.program_timeout_s,
+            "cpu_s": config.program_timeout_s + config.per_test_timeout_s * max(len(tests), 1),
+            "memory_mb": config.memory_mb,
+            "max_processes": config.max_processes,
+            "max_timeouts": config.max_timeouts,
+            "max_file_mb": config.max_file_mb,
+            "tmpfs_mb": config.max_file_mb * 4,
+        }
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-B", str(_HARNESS)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # its own process group, killed as one
+                cwd=workdir,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxError(f"could not start the sandbox child: {exc}") from exc
+        os.close(write_fd)
+        out_reader = _CappedReader(child.stdout, config.max_output_bytes)  # type: ignore[arg-type]
+        err_reader = _CappedReader(child.stderr, config.max_output_bytes)  # type: ignore[arg-type]
+        out_reader.start()
+        err_reader.start()
+        assert child.stdin is not None
+        try:
+            child.stdin.write(json.dumps(job).encode())
+            child.stdin.close()
+        except BrokenPipeError:
+            pass
+
+        load_status = "not run"
+        statuses = ["not run"] * len(tests)
+        isolation: dict[str, object] = {}
+        killed = False
+        buffer = b""
+        # The deadline moves with progress: each step gets its own budget.
+        deadline = time.monotonic() + _STARTUP_GRACE_S
+        done = False
+        with os.fdopen(read_fd, "rb", buffering=0) as results:
+            while not done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    killed = True
+                    break
+                ready, _, _ = select.select([results], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = results.read(65536)
+                if not chunk:
+                    break  # the child closed the pipe: exited or died
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    try:
+                        event = json.loads(line)
+                        kind = event["event"]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # garbage on the result pipe: ignore it
+                    if kind == "ready":
+                        isolation = dict(event.get("isolation", {}))
+                        deadline = time.monotonic() + config.program_timeout_s + _GRACE_S
+                    elif kind == "isolation_error":
+                        log.warning("sandbox isolation incomplete: %s", event.get("error"))
+                    elif kind == "loaded":
+                        load_status = str(event.get("status"))
+                        deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
+                        if load_status != "ok":
+                            done = True
+                    elif kind == "test":
+                        index = event.get("index")
+                        if isinstance(index, int) and 0 <= index < len(tests):
+                            statuses[index] = str(event.get("status"))
+                        deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
+                    elif kind == "done":
+                        done = True
+        if killed:
+            # Whatever was running when time ran out timed out; later ones never ran.
+            if load_status == "not run" and isolation:
+                load_status = "timed out"
+            elif load_status == "ok":
+                first = next((i for i, s in enumerate(statuses) if s == "not run"), None)
+                if first is not None:
+                    statuses[first] = "timed out"
+        self._reap(child, uid)
+        out_reader.join(timeout=5)
+        err_reader.join(timeout=5)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if load_status == "not run" and not isolation:
+            stderr_text = err_reader.text()
+            raise SandboxError(f"sandbox child failed before running the program: {stderr_text[-2000:]}")
+        return ExecutionResult(
+            load_status=load_status,
+            test_status=statuses,
+            stdout=out_reader.text(),
+            stderr=err_reader.text(),
+            seconds=time.perf_counter() - started,
+            killed=killed,
+            isolation=isolation,
+        )
+
+    def _reap(self, child: subprocess.Popen[bytes], uid: int | None) -> None:
+        """Kill the child's process group and, as root, everything its uid still runs."""
+        try:
+            child.wait(timeout=0.5)  # normally it is exiting already
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        child.wait()
+        if uid is not None and _processes_of_uid(uid):
+            _kill_uid(uid)

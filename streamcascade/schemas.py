@@ -1,0 +1,115 @@
+"""The records that cross the service's edges, as pydantic v2 models.
+
+Everything a Source yields or a Sink writes is one of these, so malformed input
+fails here with a clear validation error instead of deep inside the cascade.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class CodeRequest(BaseModel):
+    """One coding request: write the function `entry_point` that `prompt` describes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    prompt: str = Field(min_length=1, description="Signature and docstring, or a task in prose.")
+    entry_point: str = Field(description="Name of the function the answer must define.")
+    language: Literal["python"] = "python"
+    visible_tests: list[str] = Field(
+        default_factory=list,
+        description="Assert lines the models may see; they join every level's test pool.",
+    )
+    reference_tests: str | None = Field(
+        default=None,
+        description="Hidden test code (a `check(candidate)` function, as in HumanEval). "
+        "Never shown to a model; used only to grade answers.",
+    )
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"entry_point must be a Python identifier, got {value!r}")
+        return value
+
+
+class TestSummary(BaseModel):
+    """How one solution fared against the pooled tests of an attempt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_tests: int
+    n_passed: int
+    n_timed_out: int = 0
+    # Why the first failing test failed, e.g. "AssertionError" or "timed out".
+    first_failure: str | None = None
+
+
+class Attempt(BaseModel):
+    """One level's try at a request: what it generated, what that cost, what it scored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: int
+    model: str
+    n_solutions: int
+    n_tests: int = Field(description="Distinct test asserts in the pooled suite (visible included).")
+    n_generated_tests: int
+    best_solution_index: int | None
+    score: float = Field(description="Acceptance score of the best solution, in [0, 1].")
+    threshold: float
+    accepted: bool
+    tests: TestSummary | None
+    tokens_in: int
+    tokens_out: int
+    generation_s: float
+    sandbox_s: float
+    cost_usd: float
+
+
+class CascadeAnswer(BaseModel):
+    """What the cascade publishes for one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    code: str
+    level: int = Field(description="Index of the level whose answer this is (1 = first LLM level).")
+    model: str
+    score: float
+    attempts: list[Attempt]
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    cost_usd: float
+
+
+class Feedback(BaseModel):
+    """An outcome reported later about a published answer (e.g. CI results once merged)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    passed: bool
+    level: int | None = None
+    source: str = Field(default="downstream", description="Who reported it: tests, ci, user, ...")
+    detail: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """A record the service could not process, with the reason, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str
+    error_type: str
+    raw: str = Field(description="The input exactly as received (decoded as UTF-8, replacement on error).")
+    source: str
