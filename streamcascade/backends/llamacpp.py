@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ class LlamaCppBackend:
         self._llm: Any = Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,
-            n_threads=n_threads,
+            # llama-cpp-python's own default is half the cores; generation is ours to own.
+            n_threads=n_threads or os.cpu_count() or 1,
             n_batch=n_batch,
             seed=seed,
             verbose=False,

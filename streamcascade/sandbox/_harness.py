@@ -21,6 +21,7 @@ import sys
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -111,6 +112,21 @@ def _isolate(job, libc, report):
     return isolation
 
 
+def _enter_pid_namespace(libc, isolation):
+    """Run the rest as pid 1 of a new pid namespace: when it exits or is killed,
+    the kernel kills and reaps everything it started, however it forked, so no
+    process or zombie outlives the run. This process stays outside and waits."""
+    isolation["pid_namespace"] = False
+    if libc.unshare(CLONE_NEWPID) != 0:
+        return
+    isolation["pid_namespace"] = True
+    pid = os.fork()
+    if pid == 0:
+        return
+    _, status = os.waitpid(pid, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
 def _limit(job):
     cpu_s = int(job["cpu_s"]) + 1
     limits = [
@@ -166,6 +182,7 @@ def main():
 
     libc = _libc()
     isolation = _isolate(job, libc, report)
+    _enter_pid_namespace(libc, isolation)
     os.chdir(job["workdir"])
     os.environ.clear()
     os.environ.update({"HOME": job["workdir"], "TMPDIR": job["workdir"], "PATH": "/usr/bin:/bin"})

@@ -95,15 +95,20 @@ class _CappedReader(threading.Thread):
 
 
 def _processes_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) processes owned by `uid`."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}").st_uid == uid:
-                pids.append(int(entry))
-        except FileNotFoundError:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
+        if state not in (b"Z", b"X"):
+            pids.append(int(entry))
     return pids
 
 
@@ -287,5 +292,11 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         child.wait()
-        if uid is not None and _processes_of_uid(uid):
+        if uid is None:
+            return
+        for _ in range(10):  # a child forked during a sweep is caught by the next
+            if not _processes_of_uid(uid):
+                return
             _kill_uid(uid)
+            time.sleep(0.01)
+        log.error("sandbox uid %d still has processes after 10 sweeps", uid)

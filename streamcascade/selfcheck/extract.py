@@ -61,7 +61,10 @@ def sanitize(source: str) -> str:
             if decorators:
                 start = min(d.lineno for d in decorators)
             end = node.end_lineno or node.lineno
-            kept.append("\n".join(lines[start - 1 : end]))
+            text = "\n".join(lines[start - 1 : end])
+            if isinstance(node, ast.Import | ast.ImportFrom) and text in kept:
+                continue  # the prompt's preamble and the answer often import the same
+            kept.append(text)
     return "\n\n".join(kept) + ("\n" if kept else "")
 
 
@@ -97,6 +100,34 @@ def extract_program(completion: str, prompt: str, entry_point: str) -> str:
     return sanitize(source)
 
 
+def _tolerant(line: str) -> str:
+    """`assert f(x) == 0.99` fails on 0.9900000000000002; a model writing the test
+    means equal up to rounding, so a comparison with a float literal becomes
+    math.isclose. Everything else is left exactly as written."""
+    try:
+        node = ast.parse(line).body[0]
+    except (SyntaxError, IndexError):
+        return line
+    if not isinstance(node, ast.Assert):
+        return line
+    test = node.test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return line
+    left, right = test.left, test.comparators[0]
+    if not any(
+        isinstance(side, ast.Constant) and isinstance(side.value, float)
+        or isinstance(side, ast.UnaryOp) and isinstance(side.operand, ast.Constant)
+        and isinstance(side.operand.value, float)
+        for side in (left, right)
+    ):
+        return line
+    message = f", {ast.unparse(node.msg)}" if node.msg is not None else ""
+    return (
+        f"assert __import__('math').isclose({ast.unparse(left)}, {ast.unparse(right)}, "
+        f"rel_tol=1e-6, abs_tol=1e-9){message}"
+    )
+
+
 _ASSERT_START = re.compile(r"(?:^|\n)[ \t]*assert\b")
 
 
@@ -122,7 +153,7 @@ def extract_asserts(text: str, entry_point: str, max_lines: int) -> list[str]:
                 compile(candidate, "<test>", "exec")
             except SyntaxError:
                 continue
-            asserts.append(candidate)
+            asserts.append(_tolerant(candidate))
             break
         if len(asserts) >= max_lines:
             break

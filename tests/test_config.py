@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streamcascade.config import AppConfig, LlamaCppBackendConfig, load_config
+from streamcascade.schemas import CodeRequest
+
+
+def test_default_config_is_two_real_models() -> None:
+    config = load_config()
+    assert [level.name for level in config.levels] == ["qwen-0.5b", "qwen-1.5b"]
+    assert all(isinstance(level.backend, LlamaCppBackendConfig) for level in config.levels)
+    assert config.levels[0].threshold > config.levels[1].threshold
+
+
+def test_config_rejects_unknown_fields(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("levels:\n  - name: a\n    backend: {kind: llamacpp, model: m}\n    k_solution: 3\n")
+    with pytest.raises(ValidationError, match="k_solution"):
+        load_config(path)
+
+
+def test_config_rejects_duplicate_level_names() -> None:
+    level = {"name": "a", "backend": {"kind": "llamacpp", "model": "m"}}
+    with pytest.raises(ValidationError, match="unique"):
+        AppConfig.model_validate({"levels": [level, level]})
+
+
+def test_environment_overrides_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMCASCADE_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config()
+    assert config.model_cache_dir == tmp_path
+    assert config.allow_hub_download is False
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_request_validation() -> None:
+    with pytest.raises(ValidationError, match="identifier"):
+        CodeRequest(id="x", prompt="def f(): ...", entry_point="not valid")
+    with pytest.raises(ValidationError):
+        CodeRequest(id="", prompt="p", entry_point="f")

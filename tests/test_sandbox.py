@@ -1,0 +1,148 @@
+"""The real sandbox against hostile and broken programs. Each must come back as a
+result, quickly, with the host untouched."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from streamcascade.config import SandboxConfig
+from streamcascade.sandbox import Sandbox
+from streamcascade.sandbox.runner import _BASE_UID, _processes_of_uid
+
+GOOD = "def f(x):\n    return x + 1\n"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
+
+
+def test_per_assert_results(sandbox: Sandbox) -> None:
+    result = sandbox.run(GOOD, ["assert f(1) == 2", "assert f(1) == 3", "assert g(1)", "x = 1"])
+    assert result.load_status == "ok"
+    assert result.test_status[0] == "passed"
+    assert result.test_status[1].startswith("failed")
+    assert result.test_status[2].startswith("error: NameError")
+    assert result.test_status[3] == "passed"
+
+
+def test_syntax_error_and_crash_at_load_are_results(sandbox: Sandbox) -> None:
+    assert sandbox.run("def f(:\n", ["assert f(1)"]).load_status.startswith("error: SyntaxError")
+    result = sandbox.run("import os\nos._exit(3)", ["assert True"])
+    assert result.test_status == ["not run"]
+
+
+def test_infinite_loop_times_out_per_assert_and_others_still_run(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    result = sandbox.run(
+        "def spin():\n    while True:\n        pass\n",
+        ["assert 1 == 1", "spin()", "assert 2 == 2"],
+    )
+    assert result.test_status == ["passed", "timed out", "passed"]
+    assert time.monotonic() - started < 10
+
+
+def test_loop_that_swallows_the_alarm_is_killed() -> None:
+    config = SandboxConfig(per_test_timeout_s=0.5)
+    with Sandbox(config) as box:
+        program = (
+            "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+            "def spin():\n    while True:\n        pass\n"
+        )
+        started = time.monotonic()
+        result = box.run(program, ["spin()", "assert True"])
+    assert result.killed
+    assert result.test_status == ["timed out", "not run"]
+    assert time.monotonic() - started < 10
+
+
+def test_memory_bomb_is_contained(sandbox: Sandbox) -> None:
+    result = sandbox.run(GOOD, ["x = bytearray(8 * 1024**3)", "assert f(1) == 2"])
+    assert result.test_status[0].startswith("error: MemoryError")
+    assert result.test_status[1] == "passed"
+
+
+@root_only
+def test_fork_bomb_is_contained_and_cleaned_up() -> None:
+    with Sandbox(SandboxConfig(workers=1, per_test_timeout_s=2.0)) as box:
+        program = (
+            "import os\n"
+            "def bomb():\n"
+            "    while True:\n"
+            "        try:\n"
+            "            if os.fork() == 0:\n"
+            "                os.setsid()  # try to leave the process group\n"
+            "        except OSError:\n"
+            "            pass\n"
+        )
+        started = time.monotonic()
+        result = box.run(program, ["bomb()"])
+        assert time.monotonic() - started < 30
+        assert result.test_status[0] in ("timed out", "not run")
+        assert _processes_of_uid(_BASE_UID) == []  # nothing of the slot survives
+        assert box.run(GOOD, ["assert f(1) == 2"]).passed == [True]
+
+
+def test_network_is_unreachable(sandbox: Sandbox) -> None:
+    program = (
+        "import socket\n"
+        "def connect():\n"
+        "    s = socket.socket()\n"
+        "    s.settimeout(1)\n"
+        "    s.connect(('127.0.0.1', 22))\n"
+    )
+    result = sandbox.run(program, ["connect()"])
+    assert result.isolation.get("network") is True
+    assert "Network is unreachable" in result.test_status[0] or "OSError" in result.test_status[0]
+
+
+@root_only
+def test_writing_outside_its_dir_fails_and_inside_works(sandbox: Sandbox, tmp_path: Path) -> None:
+    target = tmp_path / "escaped.txt"
+    program = (
+        "import os\n"
+        f"def outside():\n    open({str(target)!r}, 'w').write('x')\n"
+        "def tmp():\n    open('/tmp/streamcascade-escape', 'w').write('x')\n"
+        "def inside():\n    open('mine.txt', 'w').write('x')\n    return os.path.exists('mine.txt')\n"
+        "def home():\n    return os.listdir(os.path.expanduser('~'))\n"
+    )
+    result = sandbox.run(program, ["outside()", "tmp()", "assert inside()", "assert home() == ['mine.txt']"])
+    assert result.test_status[0].startswith("error:")
+    assert result.test_status[1].startswith("error:")
+    assert result.test_status[2:] == ["passed", "passed"]
+    assert not target.exists()
+    assert not Path("/tmp/streamcascade-escape").exists()
+    assert result.isolation["uid"] != 0
+
+
+def test_huge_output_is_capped() -> None:
+    config = SandboxConfig(max_output_bytes=1000)
+    with Sandbox(config) as box:
+        result = box.run("import sys\nfor _ in range(200000):\n    print('x' * 100)\n", [])
+    assert result.load_status == "ok"
+    assert len(result.stdout) < 1100
+    assert result.stdout.endswith("[truncated]")
+
+
+def test_huge_file_is_refused(sandbox: Sandbox) -> None:
+    result = sandbox.run("def big():\n    open('f', 'wb').write(b'x' * (64 * 1024 * 1024))\n", ["big()"])
+    assert not result.passed[0]
+
+
+def test_stdout_is_captured(sandbox: Sandbox) -> None:
+    result = sandbox.run("print('hello')\nimport sys\nprint('oops', file=sys.stderr)\n", [])
+    assert result.stdout == "hello\n"
+    assert result.stderr == "oops\n"
+
+
+def test_garbage_on_result_pipe_is_ignored(sandbox: Sandbox) -> None:
+    program = "import os\nfor fd in range(3, 12):\n    try:\n        os.write(fd, b'{not json\\n')\n    except OSError:\n        pass\n"
+    result = sandbox.run(program + GOOD, ["assert f(1) == 2"])
+    assert result.passed == [True]
+
+
+def test_run_many_keeps_order_and_uses_all_workers(sandbox: Sandbox) -> None:
+    jobs = [(f"def f():\n    return {i}\n", [f"assert f() == {i}", "assert f() == -1"]) for i in range(12)]
+    results = sandbox.run_many(jobs)
+    assert [r.passed for r in results] == [[True, False]] * 12
+    assert sandbox.workers == (os.cpu_count() or 1)
