@@ -94,7 +94,9 @@ def ladder_config(directory: Path, sandbox: SandboxConfig | None = None) -> AppC
         levels.append(
             LevelConfig(
                 name=name,
-                backend=ReplayBackendConfig(format="ladder", path=directory / f"{name}.jsonl", name=name),
+                backend=ReplayBackendConfig(
+                    format="ladder", path=directory / f"{name}.jsonl", name=name
+                ),
                 k_solutions=1,
                 t_test_generations=0,
                 threshold=1.0 if position < len(names) - 1 else 0.0,
@@ -121,7 +123,9 @@ def run_bench(
         for i, lc in enumerate(config.levels)
     ]
     top = len(levels) - 1
-    plans: list[tuple[str, list[Level]]] = [(f"{lvl.name} alone", [lvl]) for lvl in reversed(levels)]
+    plans: list[tuple[str, list[Level]]] = [
+        (f"{lvl.name} alone", [lvl]) for lvl in reversed(levels)
+    ]
     plans.append(("cascade " + " > ".join(lvl.name for lvl in levels), list(levels)))
     for name, positions in extra:
         plans.append((name, [levels[p] for p in positions]))
@@ -153,7 +157,9 @@ def plot_cost_quality(report: BenchReport, path: Path, title: str) -> None:
             continue
         pct = 100 * s.cost_usd / report.reference_cost_usd if report.reference_cost_usd else 0.0
         ax.scatter(pct, 100 * s.pass_at_1)
-        ax.annotate(s.name, (pct, 100 * s.pass_at_1), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            s.name, (pct, 100 * s.pass_at_1), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
     ax.set_xlabel("cost, % of the top level alone")
     ax.set_ylabel("pass@1 on hidden tests, %")
     ax.set_title(title)
@@ -182,7 +188,10 @@ class CodeTReport:
             ("max pass rate", self.max_pass_rate),
             ("dual execution agreement", self.dual_agreement),
         ]
-        lines = [f"CodeT replay: {self.n_tasks} tasks, {self.mean_tests_per_task:.0f} distinct generated tests per task"]
+        lines = [
+            f"CodeT replay: {self.n_tasks} tasks, "
+            f"{self.mean_tests_per_task:.0f} distinct generated tests per task"
+        ]
         lines += [f"  {name:<28} pass@1 {100 * value:5.1f}%" for name, value in rows]
         return "\n".join(lines)
 
@@ -208,14 +217,22 @@ def codet_bench(
         problem = problems[task_id]
         prompt, entry_point = backend.prompts[task_id], problem["entry_point"]
         solutions = backend.solutions[task_id]
-        tests = pool_tests([extract_asserts(t, entry_point, max_test_lines) for t in backend.tests[task_id]])
+        tests = pool_tests(
+            [extract_asserts(t, entry_point, max_test_lines) for t in backend.tests[task_id]]
+        )
         tests_total += len(tests)
         programs = [extract_program(s, prompt, entry_point) for s in solutions]
         unique = list(dict.fromkeys(programs))
         results = dict(zip(unique, sandbox.run_many([(p, tests) for p in unique]), strict=True))
-        passed = [results[p].passed if results[p].load_status == "ok" else [False] * len(tests) for p in programs]
+        passed = [
+            results[p].passed if results[p].load_status == "ok" else [False] * len(tests)
+            for p in programs
+        ]
         request = CodeRequest(
-            id=task_id, prompt=problem["prompt"], entry_point=entry_point, reference_tests=problem["test"]
+            id=task_id,
+            prompt=problem["prompt"],
+            entry_point=entry_point,
+            reference_tests=problem["test"],
         )
         correct_by_program = dict(
             zip(unique, grade_many(grader, [(request, p) for p in unique]), strict=True)

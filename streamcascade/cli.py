@@ -34,12 +34,17 @@ def _load_source(kind: str, **kwargs: Any) -> Any:
     return found[kind].load()(**kwargs)
 
 
-def _progress(items: Iterable[T], label: str, enabled: bool, total: int | None = None) -> Iterable[T]:
+def _progress(
+    items: Iterable[T], label: str, enabled: bool, total: int | None = None
+) -> Iterable[T]:
     if not enabled:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=label, total=total, file=sys.stderr, unit="req", dynamic_ncols=True)
+    bar: Iterable[T] = tqdm(
+        items, desc=label, total=total, file=sys.stderr, unit="req", dynamic_ncols=True
+    )
+    return bar
 
 
 class _LineWriter:
@@ -61,11 +66,9 @@ def _records(args: argparse.Namespace) -> Iterator[_Record]:
         source = _load_source("jsonl", path=Path(args.input))
     else:
         source = _load_source("humaneval", limit=args.limit)
-    count = 0
-    for record in source.records():
+    for count, record in enumerate(source.records()):
         if args.limit is not None and count >= args.limit:
             return
-        count += 1
         yield record
 
 
@@ -169,9 +172,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         extra = []
     with Sandbox(config.sandbox) as sandbox, Sandbox(grader_config) as grader:
         report = run_bench(
-            config, requests, sandbox, grader, extra=extra,
-            progress=lambda items, label: _progress(items, label, not args.no_progress, len(requests)),
-        )  # fmt: skip
+            config,
+            requests,
+            sandbox,
+            grader,
+            extra=extra,
+            progress=lambda items, label: _progress(
+                items, label, not args.no_progress, len(requests)
+            ),
+        )
     print(report.table())
     json_path = _bench_outputs(out_dir, name, report.as_dict())
     png_path = out_dir / f"{name}.png"
@@ -188,6 +197,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in names:
         path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)
         print(f"{name}\t{path}")
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from streamcascade import perf
+
+    if args.what == "sandbox":
+        print(perf.sandbox_throughput().table())
+    else:
+        from streamcascade.models import resolve_model
+
+        config = load_config(Path(args.config) if args.config else None)
+        path = resolve_model(args.model, config.model_cache_dir, config.allow_hub_download)
+        print(perf.backend_overhead(path, args.model, runs=args.runs).table())
     return 0
 
 
@@ -216,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out-dir", default="bench-out", help="where JSON and PNG go")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    perf = sub.add_parser("perf", help="speed benchmarks: sandbox throughput, backend overhead")
+    perf.add_argument("what", choices=["sandbox", "backend"])
+    perf.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4_k_m")
+    perf.add_argument("--runs", type=int, default=5)
+    perf.add_argument("--config", help="YAML config (for the cache dir)")
+    perf.set_defaults(func=cmd_perf)
 
     models = sub.add_parser("models", help="fetch and verify model files into the cache")
     models.add_argument("names", nargs="*", help="registry names (default: all)")

@@ -50,7 +50,9 @@ class LevelConfig(BaseModel):
     backend: BackendConfig
     k_solutions: int = Field(default=1, ge=1, description="Solutions sampled per request.")
     t_test_generations: int = Field(
-        default=1, ge=0, description="Test-writing generations per request (0 = visible tests only)."
+        default=1,
+        ge=0,
+        description="Test-writing generations per request (0 = visible tests only).",
     )
     max_test_lines: int = Field(
         default=5, ge=1, description="At most this many assert lines kept per test generation."
@@ -65,7 +67,9 @@ class LevelConfig(BaseModel):
     )
     scoring: Literal["pass_rate", "dual_agreement"] = "pass_rate"
     price_in_usd_per_1m: float = Field(default=0.0, ge=0.0, description="USD per 1M input tokens.")
-    price_out_usd_per_1m: float = Field(default=0.0, ge=0.0, description="USD per 1M output tokens.")
+    price_out_usd_per_1m: float = Field(
+        default=0.0, ge=0.0, description="USD per 1M output tokens."
+    )
     accept_without_tests: bool = Field(
         default=False,
         description="Whether a level with an empty test pool may accept (score counts as 0 else).",
@@ -85,7 +89,9 @@ class SandboxConfig(BaseModel):
     max_file_mb: int = Field(default=16, ge=1)
     max_output_bytes: int = Field(default=16384, ge=0, description="stdout/stderr kept each.")
     max_timeouts: int = Field(
-        default=2, ge=1, description="Stop a run after this many asserts timed out (the rest: not run)."
+        default=2,
+        ge=1,
+        description="Stop a run after this many asserts timed out (the rest: not run).",
     )
     isolate_network: bool = True
     drop_privileges: bool = Field(default=True, description="Run as an unprivileged uid if root.")

@@ -15,9 +15,7 @@ def reference_test(request: CodeRequest) -> str | None:
     return f"{request.reference_tests}\n\ncheck({request.entry_point})\n"
 
 
-def grade_many(
-    sandbox: Sandbox, pairs: Sequence[tuple[CodeRequest, str]]
-) -> list[bool | None]:
+def grade_many(sandbox: Sandbox, pairs: Sequence[tuple[CodeRequest, str]]) -> list[bool | None]:
     """Whether each code passes its request's hidden tests; None where there are none."""
     jobs: list[tuple[str, list[str]]] = []
     where: list[int | None] = []
@@ -30,7 +28,7 @@ def grade_many(
         jobs.append((code, [test]))
     results = sandbox.run_many(jobs)
     graded: list[bool | None] = []
-    for (request, code), index in zip(pairs, where, strict=True):
+    for (request, _code), index in zip(pairs, where, strict=True):
         if index is None:
             graded.append(None if request.reference_tests is None else False)
         else:

@@ -61,7 +61,9 @@ class Attempt(BaseModel):
     level: int
     model: str
     n_solutions: int
-    n_tests: int = Field(description="Distinct test asserts in the pooled suite (visible included).")
+    n_tests: int = Field(
+        description="Distinct test asserts in the pooled suite (visible included)."
+    )
     n_generated_tests: int
     best_solution_index: int | None
     score: float = Field(description="Acceptance score of the best solution, in [0, 1].")
@@ -111,5 +113,7 @@ class DeadLetter(BaseModel):
 
     reason: str
     error_type: str
-    raw: str = Field(description="The input exactly as received (decoded as UTF-8, replacement on error).")
+    raw: str = Field(
+        description="The input exactly as received (decoded as UTF-8, replacement on error)."
+    )
     source: str

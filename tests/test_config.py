@@ -16,7 +16,9 @@ def test_default_config_is_two_real_models() -> None:
 
 def test_config_rejects_unknown_fields(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("levels:\n  - name: a\n    backend: {kind: llamacpp, model: m}\n    k_solution: 3\n")
+    path.write_text(
+        "levels:\n  - name: a\n    backend: {kind: llamacpp, model: m}\n    k_solution: 3\n"
+    )
     with pytest.raises(ValidationError, match="k_solution"):
         load_config(path)
 

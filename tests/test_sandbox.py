@@ -106,7 +106,9 @@ def test_writing_outside_its_dir_fails_and_inside_works(sandbox: Sandbox, tmp_pa
         "def inside():\n    open('mine.txt', 'w').write('x')\n    return os.path.exists('mine.txt')\n"
         "def home():\n    return os.listdir(os.path.expanduser('~'))\n"
     )
-    result = sandbox.run(program, ["outside()", "tmp()", "assert inside()", "assert home() == ['mine.txt']"])
+    result = sandbox.run(
+        program, ["outside()", "tmp()", "assert inside()", "assert home() == ['mine.txt']"]
+    )
     assert result.test_status[0].startswith("error:")
     assert result.test_status[1].startswith("error:")
     assert result.test_status[2:] == ["passed", "passed"]
@@ -125,7 +127,9 @@ def test_huge_output_is_capped() -> None:
 
 
 def test_huge_file_is_refused(sandbox: Sandbox) -> None:
-    result = sandbox.run("def big():\n    open('f', 'wb').write(b'x' * (64 * 1024 * 1024))\n", ["big()"])
+    result = sandbox.run(
+        "def big():\n    open('f', 'wb').write(b'x' * (64 * 1024 * 1024))\n", ["big()"]
+    )
     assert not result.passed[0]
 
 
@@ -142,7 +146,19 @@ def test_garbage_on_result_pipe_is_ignored(sandbox: Sandbox) -> None:
 
 
 def test_run_many_keeps_order_and_uses_all_workers(sandbox: Sandbox) -> None:
-    jobs = [(f"def f():\n    return {i}\n", [f"assert f() == {i}", "assert f() == -1"]) for i in range(12)]
+    jobs = [
+        (f"def f():\n    return {i}\n", [f"assert f() == {i}", "assert f() == -1"])
+        for i in range(12)
+    ]
     results = sandbox.run_many(jobs)
     assert [r.passed for r in results] == [[True, False]] * 12
     assert sandbox.workers == (os.cpu_count() or 1)
+
+
+def test_throughput_benchmark_runs_and_reports_all_three_ways() -> None:
+    from streamcascade.perf import sandbox_throughput
+
+    figures = sandbox_throughput(programs=4, asserts_per_program=5, naive_asserts=4)
+    assert figures.batched_asserts_per_s > 0
+    assert figures.per_assert_sandboxed_per_s > 0 and figures.per_assert_bare_process_per_s > 0
+    assert "asserts/s" in figures.table()

@@ -72,9 +72,7 @@ class Backend(Protocol):
     @property
     def model_name(self) -> str: ...
 
-    def generate(
-        self, prompts: list[Prompt], params: GenerationParams
-    ) -> list[list[Completion]]:
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         """One list of `params.n` completions per prompt, in prompt order."""
         ...
 

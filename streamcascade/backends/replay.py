@@ -94,14 +94,21 @@ class CodeTReplayBackend(_ReplayBase):
 
     def __init__(self, directory: Path, name: str | None = None) -> None:
         super().__init__(name or "codegen-16b-mono")
-        task_ids = [row["task_id"] for row in _read_jsonl(directory / "prompts-for-solutions.jsonl")]
+        task_ids = [
+            row["task_id"] for row in _read_jsonl(directory / "prompts-for-solutions.jsonl")
+        ]
         solutions = _read_jsonl(directory / "codegen16b-solutions.jsonl")
         tests = _read_jsonl(directory / "codegen16b-tests.jsonl")
         if not len(task_ids) == len(solutions) == len(tests):
             raise ValueError(f"{directory}: files disagree on the number of tasks")
-        self.solutions = {t: [str(s) for s in row["samples"]] for t, row in zip(task_ids, solutions, strict=True)}
+        self.solutions = {
+            t: [str(s) for s in row["samples"]] for t, row in zip(task_ids, solutions, strict=True)
+        }
         # Each test sample continues a prompt that ends in "assert ".
-        self.tests = {t: ["assert " + str(s) for s in row["samples"]] for t, row in zip(task_ids, tests, strict=True)}
+        self.tests = {
+            t: ["assert " + str(s) for s in row["samples"]]
+            for t, row in zip(task_ids, tests, strict=True)
+        }
         self.prompts = {t: str(row["prompt"]) for t, row in zip(task_ids, solutions, strict=True)}
 
     def _recorded(self, prompt: Prompt) -> list[str]:

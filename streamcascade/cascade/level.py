@@ -94,11 +94,15 @@ class Level:
         sandbox_started = time.perf_counter()
         # Identical programs run once.
         unique = list(dict.fromkeys(p for p in programs if p.strip()))
-        results = dict(zip(unique, self.sandbox.run_many([(p, tests) for p in unique]), strict=True))
+        results = dict(
+            zip(unique, self.sandbox.run_many([(p, tests) for p in unique]), strict=True)
+        )
         sandbox_s = time.perf_counter() - sandbox_started
 
         passed = [
-            results[p].passed if p in results and results[p].load_status == "ok" else [False] * len(tests)
+            results[p].passed
+            if p in results and results[p].load_status == "ok"
+            else [False] * len(tests)
             for p in programs
         ]
         best_index: int | None = None
@@ -134,5 +138,11 @@ class Level:
             sandbox_s=sandbox_s,
             cost_usd=_cost_usd(config, tokens_in, tokens_out),
         )
-        log.debug("level %d on %s: score %.2f accepted=%s", self.index, request.id, score, attempt.accepted)
+        log.debug(
+            "level %d on %s: score %.2f accepted=%s",
+            self.index,
+            request.id,
+            score,
+            attempt.accepted,
+        )
         return LevelOutcome(attempt=attempt, code=code)

@@ -10,6 +10,8 @@ Standard library only, and no imports from streamcascade: this file is run by
 path, and nothing the untrusted code can reach should matter to the parent.
 """
 
+from __future__ import annotations
+
 import ctypes
 import json
 import os
@@ -17,6 +19,12 @@ import resource
 import signal
 import stat
 import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+Job = dict[str, Any]
+Report = Callable[[dict[str, Any]], None]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -36,24 +44,24 @@ class _TestTimeout(BaseException):
     """BaseException so that `except Exception` in the program cannot swallow it."""
 
 
-def _libc():
+def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
     return libc
 
 
-def _check(ret, what):
+def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _expose(paths, libc):
+def _expose(paths: set[str], libc: ctypes.CDLL) -> None:
     """Once privileges drop, the interpreter's own files must stay readable. Where
     one of `paths` lies below a directory others may not enter (a home dir such as
     /root), that directory is covered by an empty tmpfs (hiding the rest of it)
     and only `paths` are bind-mounted back, read-only like everything else."""
-    covered = {}
+    covered: dict[str, list[str]] = {}
     for path in paths:
         parts = os.path.abspath(path).split(os.sep)[1:]
         for depth in range(1, len(parts)):
@@ -63,18 +71,30 @@ def _expose(paths, libc):
                 break
     for ancestor, inside in covered.items():
         handles = [(target, os.open(target, os.O_PATH)) for target in sorted(set(inside))]
-        _check(libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                          b"size=1m,mode=0755"), f"cover {ancestor}")
+        _check(
+            libc.mount(
+                b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"
+            ),
+            f"cover {ancestor}",
+        )
         for target, handle in handles:
             os.makedirs(target, exist_ok=True)
-            _check(libc.mount(f"/proc/self/fd/{handle}".encode(), target.encode(), None,
-                              MS_BIND | MS_REC, None), f"expose {target}")
+            _check(
+                libc.mount(
+                    f"/proc/self/fd/{handle}".encode(),
+                    target.encode(),
+                    None,
+                    MS_BIND | MS_REC,
+                    None,
+                ),
+                f"expose {target}",
+            )
             os.close(handle)
 
 
-def _isolate(job, libc, report):
+def _isolate(job: Job, libc: ctypes.CDLL, report: Report) -> dict[str, Any]:
     """Namespaces and mounts. Each step that the kernel refuses is reported, not fatal."""
-    isolation = {"network": False, "filesystem": False, "uid": os.getuid()}
+    isolation: dict[str, Any] = {"network": False, "filesystem": False, "uid": os.getuid()}
     root = os.geteuid() == 0
     flags = CLONE_NEWNS | (CLONE_NEWNET if job["isolate_network"] else 0)
     try:
@@ -96,7 +116,9 @@ def _isolate(job, libc, report):
         opts = f"size={job['tmpfs_mb']}m,mode=0700"
         if root and job["uid"] is not None:
             opts += f",uid={job['uid']},gid={job['uid']}"
-        _check(libc.mount(b"tmpfs", workdir, b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "tmpfs")
+        _check(
+            libc.mount(b"tmpfs", workdir, b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "tmpfs"
+        )
         if root and job["uid"] is not None:
             _expose({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}, libc)
         with open("/proc/self/mounts") as f:
@@ -112,7 +134,7 @@ def _isolate(job, libc, report):
     return isolation
 
 
-def _enter_pid_namespace(libc, isolation):
+def _enter_pid_namespace(libc: ctypes.CDLL, isolation: dict[str, Any]) -> None:
     """Run the rest as pid 1 of a new pid namespace: when it exits or is killed,
     the kernel kills and reaps everything it started, however it forked, so no
     process or zombie outlives the run. This process stays outside and waits."""
@@ -127,7 +149,7 @@ def _enter_pid_namespace(libc, isolation):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _limit(job):
+def _limit(job: Job) -> None:
     cpu_s = int(job["cpu_s"]) + 1
     limits = [
         (resource.RLIMIT_CPU, cpu_s),
@@ -143,13 +165,13 @@ def _limit(job):
         try:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError):
-            soft, hard = resource.getrlimit(which)
+            _, hard = resource.getrlimit(which)
             if hard == resource.RLIM_INFINITY or value <= hard:
                 raise
             resource.setrlimit(which, (hard, hard))
 
 
-def _drop_privileges(job, libc):
+def _drop_privileges(job: Job, libc: ctypes.CDLL) -> None:
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if job["uid"] is not None and os.geteuid() == 0:
         os.setgroups([])
@@ -157,23 +179,23 @@ def _drop_privileges(job, libc):
         os.setuid(job["uid"])
 
 
-def _on_alarm(signum, frame):
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise _TestTimeout()
 
 
-def _describe(exc):
+def _describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text[:200]}" if text else name
 
 
-def main():
+def main() -> None:
     job = json.loads(sys.stdin.buffer.read())
     out = os.fdopen(job["result_fd"], "w", buffering=1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
 
-    def report(event):
+    def report(event: dict[str, Any]) -> None:
         if event["event"] in ("done", "loaded"):
             # The parent may reap us as soon as it reads this: output first.
             sys.stdout.flush()
@@ -192,7 +214,7 @@ def main():
     report({"event": "ready", "isolation": isolation})
 
     signal.signal(signal.SIGALRM, _on_alarm)
-    namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+    namespace: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": __builtins__}
     try:
         signal.setitimer(signal.ITIMER_REAL, job["program_timeout_s"])
         exec(compile(job["program"], "<solution>", "exec"), namespace)

@@ -10,6 +10,7 @@ children that left the process group) can be found and killed by uid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -270,7 +271,9 @@ class Sandbox:
         shutil.rmtree(workdir, ignore_errors=True)
         if load_status == "not run" and not isolation:
             stderr_text = err_reader.text()
-            raise SandboxError(f"sandbox child failed before running the program: {stderr_text[-2000:]}")
+            raise SandboxError(
+                f"sandbox child failed before running the program: {stderr_text[-2000:]}"
+            )
         return ExecutionResult(
             load_status=load_status,
             test_status=statuses,
@@ -283,14 +286,10 @@ class Sandbox:
 
     def _reap(self, child: subprocess.Popen[bytes], uid: int | None) -> None:
         """Kill the child's process group and, as root, everything its uid still runs."""
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=0.5)  # normally it is exiting already
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         child.wait()
         if uid is None:
             return

