@@ -88,3 +88,13 @@ def test_dual_agreement_prefers_large_consensus() -> None:
     assert dual.index == 1
     assert dual.consensus_solutions == 3 and dual.consensus_tests == 3
     assert dual.score == 0.75
+
+
+def test_prefilled_answer_is_prompt_plus_body() -> None:
+    # What a prefilling backend returns: the fence and the prompt, then the body.
+    text = "```python\n" + PROMPT + "    return sum(xs)\n"
+    program = extract_program(text, PROMPT, "add")
+    assert program.count("def add") == 1 and program.count("from typing import List") == 1
+    ns: dict[str, object] = {}
+    exec(program, ns)
+    assert ns["add"]([1, 2]) == 3  # type: ignore[operator]

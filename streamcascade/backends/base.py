@@ -25,6 +25,9 @@ class Prompt:
     request_id: str
     purpose: Purpose
     messages: tuple[ChatMessage, ...]
+    assistant_prefix: str = ""
+    """Text the answer starts with (prefill). A backend that honours it returns it
+    as the start of `Completion.text`; one that cannot ignores it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class GenerationParams:
 @dataclass(frozen=True)
 class Completion:
     text: str
+    """The whole assistant message, a prefill included."""
     tokens_in: int
     tokens_out: int
     seconds: float

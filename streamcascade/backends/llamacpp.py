@@ -43,7 +43,29 @@ class LlamaCppBackend:
             verbose=False,
         )
         self._lock = threading.Lock()  # a Llama context is not safe to share across threads
+        self._eos_text = ""
+        self._formatter = self._chat_formatter()
         log.info("loaded %s in %.1f s", self._name, time.perf_counter() - started)
+
+    def _chat_formatter(self) -> Any:
+        """The model's own chat template (from the GGUF), to render a prompt whose
+        answer we start ourselves."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+
+        def token_text(token_id: int) -> str:
+            return str(self._llm._model.token_get_text(token_id)) if token_id != -1 else ""
+
+        self._eos_text = token_text(self._llm.token_eos())
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._eos_text,
+            bos_token=token_text(self._llm.token_bos()),
+            add_generation_prompt=True,
+        )
 
     @property
     def model_name(self) -> str:
@@ -54,24 +76,41 @@ class LlamaCppBackend:
 
     def _generate_one(self, prompt: Prompt, params: GenerationParams) -> list[Completion]:
         messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        prefill = bool(prompt.assistant_prefix) and self._formatter is not None
+        rendered = ""
+        if prefill:
+            rendered = self._formatter(messages=messages).prompt + prompt.assistant_prefix
         completions: list[Completion] = []
         for i in range(params.n):
             started = time.perf_counter()
             with self._lock:
-                response = self._llm.create_chat_completion(
-                    messages=messages,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    max_tokens=params.max_tokens,
-                    stop=list(params.stop) or None,
-                    seed=params.seed + i,
-                )
+                if prefill:
+                    response = self._llm.create_completion(
+                        prompt=rendered,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        max_tokens=params.max_tokens,
+                        stop=[self._eos_text, *params.stop],
+                        seed=params.seed + i,
+                    )
+                    choice = response["choices"][0]
+                    text = prompt.assistant_prefix + (choice["text"] or "")
+                else:
+                    response = self._llm.create_chat_completion(
+                        messages=messages,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        max_tokens=params.max_tokens,
+                        stop=list(params.stop) or None,
+                        seed=params.seed + i,
+                    )
+                    choice = response["choices"][0]
+                    text = choice["message"]["content"] or ""
             seconds = time.perf_counter() - started
-            choice = response["choices"][0]
             usage = response["usage"]
             completions.append(
                 Completion(
-                    text=choice["message"]["content"] or "",
+                    text=text,
                     tokens_in=int(usage["prompt_tokens"]) if i == 0 else 0,
                     tokens_out=int(usage["completion_tokens"]),
                     seconds=seconds,

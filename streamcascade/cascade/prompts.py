@@ -1,7 +1,13 @@
 """Prompt shapes for the two things a level asks its model: solutions and tests.
 
-The models repeat the prompt's docstring in their answers, so the instruction
-asks for the function only; stop sequences end generation at the closing fence.
+Asked for a function, small code models repeat its signature and docstring
+before the body: tokens paid for nothing. So the answer is prefilled with the
+opening fence and the prompt's own code, and the model writes only the body
+(a backend that cannot prefill gets the same request as a plain chat): on the
+first 8 HumanEval problems this cut the 0.5B model's output from 1259 to 418
+tokens at the same pass count. Tests are prefilled with the opening fence only:
+prefilling `assert entry_point(` made the 0.5B model drop list brackets from
+its arguments. A closing fence ends generation.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from streamcascade.backends.base import ChatMessage, Prompt
 from streamcascade.schemas import CodeRequest
 
 SYSTEM = "You are an expert Python programmer. Answer with code only."
-STOP = ("\n```\n", "\n```\r\n", "\nif __name__")
+STOP = ("\n```", "\nif __name__")
 
 
 def solution_prompt(request: CodeRequest) -> Prompt:
@@ -24,6 +30,7 @@ def solution_prompt(request: CodeRequest) -> Prompt:
         request_id=request.id,
         purpose="solutions",
         messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
+        assistant_prefix=f"```python\n{request.prompt.rstrip()}\n",
     )
 
 
@@ -40,4 +47,5 @@ def tests_prompt(request: CodeRequest, max_lines: int) -> Prompt:
         request_id=request.id,
         purpose="tests",
         messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
+        assistant_prefix="```python\n",
     )
