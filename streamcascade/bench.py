@@ -164,6 +164,7 @@ def plot_cost_quality(report: BenchReport, path: Path, title: str) -> None:
     ax.set_ylabel("pass@1 on hidden tests, %")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.25, y=0.15)  # room for the labels
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,7 +4,9 @@ reuse the cache."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +78,14 @@ def test_backend_overhead_benchmark_runs(config: AppConfig) -> None:
     figures = backend_overhead(path, name, runs=1, max_tokens=8)
     assert figures.bare_tokens_per_s > 0 and figures.backend_tokens_per_s > 0
     assert "backend / bare" in figures.table()
+
+
+def test_run_command_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first command, on one problem."""
+    from streamcascade.cli import main
+
+    out = tmp_path / "answers.jsonl"
+    assert main(["run", "--limit", "1", "--out", str(out), "--no-progress"]) == 0
+    [answer] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert answer["id"] == "HumanEval/0" and "def has_close_elements" in answer["code"]
+    assert "1 answered, 0 dead letters" in capsys.readouterr().err
