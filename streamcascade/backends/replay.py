@@ -94,22 +94,34 @@ class CodeTReplayBackend(_ReplayBase):
 
     def __init__(self, directory: Path, name: str | None = None) -> None:
         super().__init__(name or "codegen-16b-mono")
-        task_ids = [
-            row["task_id"] for row in _read_jsonl(directory / "prompts-for-solutions.jsonl")
-        ]
-        solutions = _read_jsonl(directory / "codegen16b-solutions.jsonl")
-        tests = _read_jsonl(directory / "codegen16b-tests.jsonl")
-        if not len(task_ids) == len(solutions) == len(tests):
-            raise ValueError(f"{directory}: files disagree on the number of tasks")
-        self.solutions = {
-            t: [str(s) for s in row["samples"]] for t, row in zip(task_ids, solutions, strict=True)
-        }
+        # The sample files are not in task order: match each row to its task by prompt.
+        solutions = self._by_task(
+            directory, "prompts-for-solutions.jsonl", "codegen16b-solutions.jsonl"
+        )
+        tests = self._by_task(directory, "prompts-for-tests.jsonl", "codegen16b-tests.jsonl")
+        if solutions.keys() != tests.keys():
+            raise ValueError(f"{directory}: solution and test files cover different tasks")
+        self.solutions = {task: [str(s) for s in row["samples"]] for task, row in solutions.items()}
         # Each test sample continues a prompt that ends in "assert ".
         self.tests = {
-            t: ["assert " + str(s) for s in row["samples"]]
-            for t, row in zip(task_ids, tests, strict=True)
+            task: ["assert " + str(s) for s in row["samples"]] for task, row in tests.items()
         }
-        self.prompts = {t: str(row["prompt"]) for t, row in zip(task_ids, solutions, strict=True)}
+        self.prompts = {task: str(row["prompt"]) for task, row in solutions.items()}
+
+    @staticmethod
+    def _by_task(
+        directory: Path, prompts_file: str, samples_file: str
+    ) -> dict[str, dict[str, Any]]:
+        task_of = {row["prompt"]: row["task_id"] for row in _read_jsonl(directory / prompts_file)}
+        rows: dict[str, dict[str, Any]] = {}
+        for row in _read_jsonl(directory / samples_file):
+            if row["prompt"] not in task_of:
+                raise ValueError(
+                    f"{samples_file}: a row's prompt matches no task in {prompts_file}"
+                )
+            rows[task_of[row["prompt"]]] = row
+        # Task order (HumanEval/0, /1, ... /163), not the files' string order.
+        return dict(sorted(rows.items(), key=lambda item: int(item[0].rsplit("/", 1)[-1])))
 
     def _recorded(self, prompt: Prompt) -> list[str]:
         table = self.solutions if prompt.purpose == "solutions" else self.tests
