@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,11 +42,12 @@ class JsonlSource:
 
 
 class JsonlSink:
-    """Writes one JSON object per line and flushes it, to a file or stdout."""
+    """Appends one JSON object per line and flushes it, to a file or a stream
+    (stdout by default), so that what was written survives a crash."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, stream: IO[str] | None = None) -> None:
         self.path = path
-        self._handle: IO[str] = path.open("a", encoding="utf-8") if path else sys.stdout
+        self._handle: IO[str] = path.open("a", encoding="utf-8") if path else (stream or sys.stdout)
 
     def write(self, record: BaseModel) -> None:
         self._handle.write(record.model_dump_json() + "\n")
@@ -56,9 +56,3 @@ class JsonlSink:
     def close(self) -> None:
         if self.path is not None:
             self._handle.close()
-
-
-def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")

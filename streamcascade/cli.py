@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from streamcascade.config import AppConfig, load_config
 from streamcascade.schemas import CodeRequest, DeadLetter
@@ -25,12 +25,13 @@ class _Record(Protocol):
     dead_letter: DeadLetter | None
 
 
-def _load_source(kind: str, **kwargs: Any) -> Any:
-    """Sources live in the `connectors` package, found through entry points so
-    that this library never imports it."""
-    found = {ep.name: ep for ep in entry_points(group="streamcascade.sources")}
+def _connector(group: str, kind: str, **kwargs: Any) -> Any:
+    """Sources and sinks live in the `connectors` package, found through entry
+    points (groups streamcascade.sources and streamcascade.sinks) so that this
+    library never imports it."""
+    found = {ep.name: ep for ep in entry_points(group=group)}
     if kind not in found:
-        raise SystemExit(f"no source named {kind!r}; installed: {sorted(found)}")
+        raise SystemExit(f"nothing named {kind!r} in {group}; installed: {sorted(found)}")
     return found[kind].load()(**kwargs)
 
 
@@ -47,25 +48,11 @@ def _progress(
     return bar
 
 
-class _LineWriter:
-    def __init__(self, path: Path | None, default: Any) -> None:
-        self._path = path
-        self._handle = path.open("a", encoding="utf-8") if path else default
-
-    def write(self, record: BaseModel) -> None:
-        self._handle.write(record.model_dump_json() + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._path is not None:
-            self._handle.close()
-
-
 def _records(args: argparse.Namespace) -> Iterator[_Record]:
     if args.input:
-        source = _load_source("jsonl", path=Path(args.input))
+        source = _connector("streamcascade.sources", "jsonl", path=Path(args.input))
     else:
-        source = _load_source("humaneval", limit=args.limit)
+        source = _connector("streamcascade.sources", "humaneval", limit=args.limit)
     for count, record in enumerate(source.records()):
         if args.limit is not None and count >= args.limit:
             return
@@ -79,8 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.sandbox import Sandbox
 
     config = load_config(Path(args.config) if args.config else None)
-    answers_out = _LineWriter(Path(args.out) if args.out else None, sys.stdout)
-    dead_out = _LineWriter(Path(args.dead_letters) if args.dead_letters else None, sys.stderr)
+    sinks = "streamcascade.sinks"
+    answers_out = _connector(sinks, "jsonl", path=Path(args.out) if args.out else None)
+    dead_out = _connector(
+        sinks,
+        "jsonl",
+        path=Path(args.dead_letters) if args.dead_letters else None,
+        stream=sys.stderr,
+    )
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
     with Sandbox(config.sandbox) as sandbox:
         engine = CascadeEngine.from_config(config, sandbox)

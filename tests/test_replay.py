@@ -78,7 +78,12 @@ def test_codet_bench_on_a_few_tasks(shared_data: Path) -> None:
         report = codet_bench(shared_data / "codet-humaneval", box, grader, read_problems(), limit=3)
     assert report.n_tasks == 3
     assert report.mean_tests_per_task > 20  # tests really extracted for the right tasks
-    for value in (report.random_pick, report.first_sample, report.max_pass_rate, report.dual_agreement):
+    for value in (
+        report.random_pick,
+        report.first_sample,
+        report.max_pass_rate,
+        report.dual_agreement,
+    ):
         assert 0.0 <= value <= 1.0
     # HumanEval/0 and /2 are easy: most CodeGen samples solve them.
     assert report.random_pick > 0.3
