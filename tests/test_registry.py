@@ -36,19 +36,25 @@ def test_verify_refuses_a_corrupted_file(tmp_path: Path) -> None:
         verify_sha256(path, hashlib.sha256(b"GGUF real bytes").hexdigest())
 
 
-def test_corrupted_cache_entry_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tiny_spec(monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
+    """A registry entry for a 15-byte "model", registered for this test only."""
     spec = _spec(b"the right bytes")
     monkeypatch.setitem(registry.MODELS, spec.name, spec)
+    return spec
+
+
+def test_corrupted_cache_entry_is_refused(tmp_path: Path, tiny_spec: ModelSpec) -> None:
+    spec = tiny_spec
     (tmp_path / spec.filename).write_bytes(b"the wrong bytes")
     with pytest.raises(HashMismatchError):
         resolve_model(spec.name, cache_dir=tmp_path, allow_hub=False)
 
 
 def test_verified_cache_entry_is_reused_and_tampering_is_noticed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_spec: ModelSpec
 ) -> None:
-    spec = _spec(b"the right bytes")
-    monkeypatch.setitem(registry.MODELS, spec.name, spec)
+    spec = tiny_spec
     path = tmp_path / spec.filename
     path.write_bytes(b"the right bytes")
     assert resolve_model(spec.name, cache_dir=tmp_path, allow_hub=False) == path
@@ -58,10 +64,9 @@ def test_verified_cache_entry_is_reused_and_tampering_is_noticed(
 
 
 def test_fetch_that_yields_wrong_bytes_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_spec: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = _spec(b"the right bytes")
-    monkeypatch.setitem(registry.MODELS, spec.name, spec)
+    spec = tiny_spec
 
     def fake_parts(spec: ModelSpec, dest: Path) -> None:
         dest.write_bytes(b"tampered upstream")
