@@ -23,6 +23,7 @@ from streamcascade.metrics import RunSummary, format_table
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
 from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests
+from streamcascade.selfcheck.execution import run_candidates
 from streamcascade.selfcheck.scoring import select_by_dual_agreement, select_by_pass_rate
 
 log = logging.getLogger(__name__)
@@ -223,12 +224,8 @@ def codet_bench(
         )
         tests_total += len(tests)
         programs = [extract_program(s, prompt, entry_point) for s in solutions]
+        passed, _ = run_candidates(sandbox, programs, tests)
         unique = list(dict.fromkeys(programs))
-        results = dict(zip(unique, sandbox.run_many([(p, tests) for p in unique]), strict=True))
-        passed = [
-            results[p].passed if results[p].load_status == "ok" else [False] * len(tests)
-            for p in programs
-        ]
         request = CodeRequest(
             id=task_id,
             prompt=problem["prompt"],

@@ -12,6 +12,7 @@ from streamcascade.config import LevelConfig
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
 from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests, select
+from streamcascade.selfcheck.execution import run_candidates
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +93,9 @@ class Level:
         programs = [extract_program(c.text, request.prompt, request.entry_point) for c in solutions]
 
         sandbox_started = time.perf_counter()
-        # Identical programs run once.
-        unique = list(dict.fromkeys(p for p in programs if p.strip()))
-        results = dict(
-            zip(unique, self.sandbox.run_many([(p, tests) for p in unique]), strict=True)
-        )
+        passed, results = run_candidates(self.sandbox, programs, tests)
         sandbox_s = time.perf_counter() - sandbox_started
 
-        passed = [
-            results[p].passed
-            if p in results and results[p].load_status == "ok"
-            else [False] * len(tests)
-            for p in programs
-        ]
         best_index: int | None = None
         score = 0.0
         if programs and any(p.strip() for p in programs):
