@@ -89,7 +89,9 @@ def test_exploration_decays_with_updates_to_its_floor() -> None:
 
 
 def test_forced_exploration_defers_only_acceptable_answers() -> None:
-    policy = HedgeThresholdPolicy(mu=1.0, explore_initial=1.0, explore_min=1.0, seed=2)
+    policy = HedgeThresholdPolicy(
+        mu=1.0, thresholds=[0.5], explore_initial=1.0, explore_min=1.0, seed=2
+    )
     decision = policy.decide(1.0)
     assert decision.would_accept and decision.explored and not decision.accept
     low = policy.decide(-1.0)
@@ -108,3 +110,15 @@ def test_state_round_trips_exactly_through_json() -> None:
     ]
     with pytest.raises(ValueError, match="version"):
         HedgeThresholdPolicy.from_state_dict({"version": 99})
+
+
+def test_drift_restart_raises_exploration_and_unsettles_the_weights() -> None:
+    policy = HedgeThresholdPolicy(mu=1.0, explore_initial=0.5, explore_min=0.02)
+    for _ in range(400):
+        policy.update(0.95, True, 0.1, observed=True, p_observed=1.0)  # accepting is wrong
+    settled_explore = policy.p_explore()
+    settled_top = max(policy.probabilities())
+    policy.restart_exploration(share=0.5)
+    assert policy.p_explore() == 0.5 > settled_explore
+    assert max(policy.probabilities()) < settled_top
+    assert policy.n_restarts == 1 and policy.n_updates == 400
