@@ -42,12 +42,15 @@ class CachingLevel(Level):
 
     def __init__(self, inner: Level) -> None:
         super().__init__(inner.index, inner.config, inner.backend, inner.sandbox)
-        self._cache: dict[str, LevelOutcome] = {}
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], LevelOutcome] = {}
 
-    def attempt(self, request: CodeRequest) -> LevelOutcome:
-        if request.id not in self._cache:
-            self._cache[request.id] = super().attempt(request)
-        return self._cache[request.id]
+    def attempt(
+        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()
+    ) -> LevelOutcome:
+        key = (request.id, tuple(exemplars))
+        if key not in self._cache:
+            self._cache[key] = super().attempt(request, exemplars)
+        return self._cache[key]
 
 
 @dataclass

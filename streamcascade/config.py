@@ -97,6 +97,73 @@ class SandboxConfig(BaseModel):
     drop_privileges: bool = Field(default=True, description="Run as an unprivileged uid if root.")
 
 
+class MemoryConfig(BaseModel):
+    """The exemplar memory: tested top-level answers shown to lower LLM levels."""
+
+    model_config = _FROZEN
+    enabled: bool = False
+    capacity: int = Field(default=256, ge=1, description="Exemplars kept; the rest evicted.")
+    k_examples: int = Field(default=2, ge=1, description="Worked examples per prompt, at most.")
+    min_similarity: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Cosine of the prompts' word counts, at least."
+    )
+    max_example_chars: int = Field(
+        default=3000, ge=100, description="Longer exemplars are skipped."
+    )
+
+
+class LearningConfig(BaseModel):
+    """Online learning (issue 3): level 0, deferral policies, imitation, drift.
+
+    The knob a user sets is `mu` (USD of cost worth one wrong answer, inverted:
+    the loss is wrong + mu * cost_usd), or a budget, which then steers mu.
+    """
+
+    model_config = _FROZEN
+    enabled: bool = False
+    mu: float = Field(default=100.0, ge=0.0, description="Weight of cost_usd in the loss (1/USD).")
+    budget_usd_per_request: float | None = Field(
+        default=None, gt=0, description="Steer mu online so the mean cost meets this budget."
+    )
+    budget_top_share: float | None = Field(
+        default=None, gt=0, le=1, description="Or: steer mu so this share reaches the top level."
+    )
+    budget_step: float = Field(default=0.05, gt=0, description="mu's multiplicative step size.")
+    thresholds: list[float] = Field(
+        default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01],
+        min_length=1,
+        description="The experts: accept when score >= threshold. Scores lie in [0, 1], "
+        "so a threshold above 1 never accepts (always defer / always skip level 1).",
+    )
+    explore_initial: float = Field(default=0.5, ge=0.0, le=1.0)
+    explore_min: float = Field(default=0.02, ge=0.0, le=1.0)
+    labels: Literal["auto", "imitation", "reference"] = Field(
+        default="imitation",
+        description="Where the labels of lower levels come from: the higher level's answer "
+        "(imitation), the request's reference tests, or reference when present (auto).",
+    )
+    max_probes: int = Field(default=16, ge=1, description="Probe inputs per imitation label.")
+    level0: bool = Field(default=True, description="Gate level 1 behind the level-0 model.")
+    level0_learning_rate: float = Field(default=0.1, gt=0)
+    level0_buckets: int = Field(default=1024, ge=16)
+    drift: bool = True
+    drift_delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN's confidence.")
+    drift_share: float = Field(
+        default=0.5, ge=0, le=1, description="Weight mass moved back to uniform on drift."
+    )
+    pending_capacity: int = Field(
+        default=100_000, ge=1, description="Answers remembered for later Feedback."
+    )
+    memory: MemoryConfig = MemoryConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> LearningConfig:
+        if self.budget_usd_per_request is not None and self.budget_top_share is not None:
+            raise ValueError("set budget_usd_per_request or budget_top_share, not both")
+        return self
+
+
 class AppConfig(BaseModel):
     """The whole tree, as in configs/default.yaml."""
 
@@ -104,6 +171,7 @@ class AppConfig(BaseModel):
 
     levels: list[LevelConfig] = Field(min_length=1)
     sandbox: SandboxConfig = SandboxConfig()
+    learning: LearningConfig = LearningConfig()
     model_cache_dir: Path | None = Field(
         default=None, description="Where GGUF files are cached; None = the user's cache dir."
     )

@@ -92,6 +92,17 @@ class CascadeAnswer(BaseModel):
     tokens_out: int
     seconds: float
     cost_usd: float
+    explored_levels: list[int] = Field(
+        default_factory=list,
+        description="Levels that accepted but sent the request up anyway, for a label "
+        "(their answer is the one published; the extra cost is in cost_usd).",
+    )
+    skipped_levels: list[int] = Field(
+        default_factory=list, description="Levels the level-0 gate skipped."
+    )
+    p_level1: float | None = Field(
+        default=None, description="Level 0's estimate that level 1 would be accepted and right."
+    )
 
 
 class Feedback(BaseModel):

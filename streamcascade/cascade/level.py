@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from streamcascade.backends.base import Backend, Completion, GenerationParams
 from streamcascade.cascade.prompts import STOP, solution_prompt, tests_prompt
@@ -23,6 +24,8 @@ class LevelOutcome:
 
     attempt: Attempt
     code: str
+    tests: list[str] = field(default_factory=list)
+    """The pooled asserts the attempt ran (visible and generated)."""
 
 
 def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
@@ -59,7 +62,10 @@ class Level:
     def name(self) -> str:
         return self.config.name
 
-    def attempt(self, request: CodeRequest) -> LevelOutcome:
+    def attempt(
+        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()
+    ) -> LevelOutcome:
+        """`exemplars`: worked (prompt, code) examples for the solution prompt."""
         config = self.config
         started = time.perf_counter()
         solution_params = GenerationParams(
@@ -69,7 +75,7 @@ class Level:
             max_tokens=config.max_tokens,
             stop=STOP,
         )
-        solutions = self.backend.generate([solution_prompt(request)], solution_params)[0]
+        solutions = self.backend.generate([solution_prompt(request, exemplars)], solution_params)[0]
         test_completions: list[Completion] = []
         if config.t_test_generations > 0:
             test_params = GenerationParams(
@@ -136,4 +142,4 @@ class Level:
             score,
             attempt.accepted,
         )
-        return LevelOutcome(attempt=attempt, code=code)
+        return LevelOutcome(attempt=attempt, code=code, tests=tests)

@@ -12,6 +12,8 @@ its arguments. A closing fence ends generation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from streamcascade.backends.base import ChatMessage, Prompt
 from streamcascade.schemas import CodeRequest
 
@@ -19,17 +21,30 @@ SYSTEM = "You are an expert Python programmer. Answer with code only."
 STOP = ("\n```", "\nif __name__")
 
 
-def solution_prompt(request: CodeRequest) -> Prompt:
-    user = (
+def _solution_user(prompt: str) -> str:
+    return (
         "Complete this Python function. Reply with the whole function, including any "
         "imports it needs, in one ```python code block; no explanation, no examples, "
         "no tests.\n\n"
-        f"```python\n{request.prompt.rstrip()}\n```"
+        f"```python\n{prompt.rstrip()}\n```"
     )
+
+
+def solution_prompt(request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()) -> Prompt:
+    """`exemplars` are (prompt, tested code) pairs from the exemplar memory; each
+    becomes a worked example: an earlier turn of the same conversation."""
+    shots: list[ChatMessage] = []
+    for prompt, code in exemplars:
+        shots.append(ChatMessage("user", _solution_user(prompt)))
+        shots.append(ChatMessage("assistant", f"```python\n{code.strip()}\n```"))
     return Prompt(
         request_id=request.id,
         purpose="solutions",
-        messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
+        messages=(
+            ChatMessage("system", SYSTEM),
+            *shots,
+            ChatMessage("user", _solution_user(request.prompt)),
+        ),
         assistant_prefix=f"```python\n{request.prompt.rstrip()}\n",
     )
 

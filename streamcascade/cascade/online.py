@@ -1,0 +1,165 @@
+"""The learning cascade: level 0 gates level 1, learned policies decide who
+answers, and every answer that a higher level (or a reference test) can check
+becomes a label for the levels below it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+from streamcascade.cascade.level import Level, LevelOutcome
+from streamcascade.evaluation import grade_many
+from streamcascade.learning.imitation import agreement, probe_calls
+from streamcascade.learning.learner import CascadeLearner
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
+from streamcascade.selfcheck import pool_tests
+
+log = logging.getLogger(__name__)
+
+LabelSource = Literal["auto", "imitation", "reference"]
+
+
+class Labeler:
+    """Says whether a level's code was right: by the request's reference tests,
+    or by agreeing with a higher level's answer on probe inputs (imitation).
+    Results are cached by code, since a replayed stream repeats them."""
+
+    def __init__(self, sandbox: Sandbox, source: LabelSource, max_probes: int = 16) -> None:
+        self.sandbox = sandbox
+        self.source = source
+        self.max_probes = max_probes
+        self._reference: dict[tuple[str, str], bool | None] = {}
+        self._imitation: dict[tuple[str, str, str], bool | None] = {}
+        self.seconds = 0.0
+
+    def uses_reference(self, request: CodeRequest) -> bool:
+        has = request.reference_tests is not None
+        return self.source == "reference" or (self.source == "auto" and has)
+
+    def reference(self, request: CodeRequest, code: str) -> bool | None:
+        key = (request.id, code)
+        if key not in self._reference:
+            started = time.perf_counter()
+            self._reference[key] = grade_many(self.sandbox, [(request, code)])[0]
+            self.seconds += time.perf_counter() - started
+        return self._reference[key]
+
+    def imitation(
+        self, request: CodeRequest, code: str, higher_code: str, tests: Sequence[str]
+    ) -> bool | None:
+        key = (request.id, code, higher_code)
+        if key not in self._imitation:
+            started = time.perf_counter()
+            calls = probe_calls(
+                [*request.visible_tests, *tests], request.entry_point, self.max_probes
+            )
+            self._imitation[key] = agreement(self.sandbox, higher_code, code, calls)
+            self.seconds += time.perf_counter() - started
+        return self._imitation[key]
+
+    def labels(
+        self, request: CodeRequest, outcomes: dict[int, LevelOutcome], highest: int
+    ) -> dict[int, bool | None]:
+        """A label per level that ran: the highest one's only from reference tests.
+        Imitation needs a tested teacher: a higher answer that fails any of its
+        pooled tests labels nothing."""
+        if self.uses_reference(request):
+            return {p: self.reference(request, o.code) for p, o in outcomes.items()}
+        tests = pool_tests([o.tests for o in outcomes.values()])
+        higher = outcomes[highest]
+        if higher.attempt.n_tests > 0 and higher.attempt.score < 1.0:
+            # The higher answer fails tests of its own: it is no teacher.
+            return {p: None for p in outcomes if p != highest}
+        return {
+            p: self.imitation(request, o.code, higher.code, tests)
+            for p, o in outcomes.items()
+            if p != highest
+        }
+
+
+class OnlineCascadeEngine:
+    """Like CascadeEngine, but who answers is learned while it serves.
+
+    A level that accepts may still send the request up (forced exploration):
+    its answer is published, and the higher level's answer labels it.
+    """
+
+    def __init__(self, levels: Sequence[Level], learner: CascadeLearner, labeler: Labeler) -> None:
+        if len(levels) != learner.n_levels:
+            raise ValueError("the learner must have one slot per level")
+        self.levels = list(levels)
+        self.learner = learner
+        self.labeler = labeler
+
+    def process_one(self, request: CodeRequest) -> CascadeAnswer:
+        started = time.perf_counter()
+        learner = self.learner
+        trace = learner.plan(request)
+        start = learner.start_position(trace)
+        exemplars = learner.exemplars(trace) if learner.memory.config.enabled else []
+        top = len(self.levels) - 1
+        outcomes: dict[int, LevelOutcome] = {}
+        attempts = []
+        explored: list[int] = []
+        published: int | None = None
+        highest = start
+        for position in range(start, top + 1):
+            level = self.levels[position]
+            outcome = level.attempt(request, exemplars if position < top else ())
+            outcomes[position] = outcome
+            highest = position
+            cost = outcome.attempt.cost_usd
+            if position == top:
+                learner.record_top(trace, outcome.attempt.score, cost)
+                accepted = True
+                if published is None:
+                    published = position
+            else:
+                decision = learner.decide(trace, position, outcome.attempt.score, cost)
+                accepted = decision.accept
+                outcome = LevelOutcome(
+                    outcome.attempt.model_copy(
+                        update={"accepted": decision.would_accept, "threshold": decision.threshold}
+                    ),
+                    outcome.code,
+                    outcome.tests,
+                )
+                outcomes[position] = outcome
+                if decision.explored and published is None:
+                    published = position
+                    explored.append(level.index)
+            attempts.append(outcome.attempt)
+            if accepted:
+                if published is None:
+                    published = position
+                break
+        assert published is not None
+        labels = self.labeler.labels(request, outcomes, highest)
+        answer_outcome = outcomes[published]
+        top_tested = (
+            published == top
+            and answer_outcome.attempt.n_tests > 0
+            and answer_outcome.attempt.score >= 1.0
+        )
+        learner.finish(trace, published, labels, answer_outcome.code, top_tested)
+        return CascadeAnswer(
+            id=request.id,
+            code=answer_outcome.code,
+            level=self.levels[published].index,
+            model=answer_outcome.attempt.model,
+            score=answer_outcome.attempt.score,
+            attempts=attempts,
+            tokens_in=sum(a.tokens_in for a in attempts),
+            tokens_out=sum(a.tokens_out for a in attempts),
+            seconds=time.perf_counter() - started,
+            cost_usd=sum(a.cost_usd for a in attempts),
+            explored_levels=explored,
+            skipped_levels=[self.levels[0].index] if start > 0 else [],
+            p_level1=trace.p_level1,
+        )
+
+    def learn_one(self, feedback: Feedback) -> bool:
+        return self.learner.learn_one(feedback)

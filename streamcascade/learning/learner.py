@@ -1,0 +1,345 @@
+"""The cascade's learner state and its update rules, kept apart from running levels.
+
+One CascadeLearner holds everything learned while serving: the level-0 router
+and its gate over level 1, one deferral policy per non-top level, running cost
+estimates, the cost weight mu (steered by a budget when one is set), drift
+monitors and the exemplar memory. `state_dict` is JSON with a version number,
+so a snapshot can be written to disk or a compacted Kafka topic, restored after
+a restart, or rolled back.
+
+Losses, per round, for a level's deferral policy (accept vs defer):
+  accept: 1 if the level's answer is wrong (a label, partially observed);
+  defer:  mu * cost_usd of the next level's attempt (known, or its running mean).
+For the level-0 gate over level 1 (try level 1 vs skip it):
+  try:  mu * cost of level 1 + (wrong, if level 1 accepts; else mu * cost above);
+  skip: mu * cost above level 1 (its running mean).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamcascade.config import LearningConfig
+from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
+from streamcascade.learning.drift import DriftMonitor
+from streamcascade.learning.memory import ExemplarMemory
+from streamcascade.learning.router import Level0Router
+from streamcascade.schemas import CodeRequest, Feedback
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_MAX_SAMPLE_WEIGHT = 5.0  # caps an importance weight used as an SGD sample weight
+_MU_RANGE = (1e-6, 1e9)
+
+
+class RunningMean:
+    """Mean of the first `warmup` values, then an exponential moving average,
+    so a cost estimate follows a stream whose costs change."""
+
+    def __init__(self, alpha: float = 0.05, warmup: int = 20) -> None:
+        self.alpha, self.warmup = alpha, warmup
+        self.value = 0.0
+        self.n = 0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        rate = 1.0 / self.n if self.n <= self.warmup else self.alpha
+        self.value += rate * (x - self.value)
+
+
+@dataclass
+class LevelStep:
+    """What one level did for one request, as the learner saw it."""
+
+    position: int
+    score: float
+    decision: Decision | None  # None at the top level, which always answers
+    p_act_accept: float
+    cost_usd: float
+    right: bool | None = None  # its label, when one is known
+
+
+@dataclass
+class RequestTrace:
+    """The learner's view of one request, from its plan to its answer."""
+
+    request: CodeRequest
+    features: dict[str, float]
+    p_level1: float | None = None
+    gate: Decision | None = None
+    p_try: float = 1.0
+    exemplar_ids: list[str] = field(default_factory=list)
+    steps: list[LevelStep] = field(default_factory=list)
+    published_position: int | None = None
+    published_label_used: bool = False
+
+
+@dataclass
+class Pending:
+    """Kept per published answer until its Feedback arrives (bounded)."""
+
+    features: dict[str, float]
+    position: int
+    score: float
+    p_published: float
+    label_used: bool
+
+
+class CascadeLearner:
+    def __init__(self, config: LearningConfig, n_levels: int) -> None:
+        if n_levels < 1:
+            raise ValueError("n_levels must be >= 1")
+        self.config = config
+        self.n_levels = n_levels
+        self.mu = config.mu
+        seed = config.seed
+        self.policies = [
+            HedgeThresholdPolicy(
+                mu=1.0,  # losses arrive already weighted by self.mu
+                thresholds=config.thresholds,
+                explore_initial=config.explore_initial,
+                explore_min=config.explore_min,
+                seed=seed + position,
+            )
+            for position in range(n_levels - 1)
+        ]
+        self.router = Level0Router(config.level0_learning_rate, n_buckets=config.level0_buckets)
+        self.use_gate = config.level0 and n_levels > 1
+        self.gate = HedgeThresholdPolicy(
+            mu=1.0,
+            thresholds=config.thresholds,
+            explore_initial=config.explore_initial,
+            explore_min=config.explore_min,
+            seed=seed + 1000,
+            explore="accept",
+        )
+        self.next_cost = [RunningMean() for _ in range(n_levels - 1)]
+        self.above_level1_cost = RunningMean()
+        self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
+        self.gate_drift = DriftMonitor(config.drift_delta)
+        self.memory = ExemplarMemory(config.memory, self.router.featurizer)
+        self.pending: OrderedDict[str, Pending] = OrderedDict()
+        self.n_requests = 0
+        self.n_feedback = 0
+        self.n_feedback_unmatched = 0
+        self.n_explored = 0
+        self.n_skipped = 0
+        self.last_trace: RequestTrace | None = None
+
+    # -- acting ------------------------------------------------------------------
+
+    def plan(self, request: CodeRequest) -> RequestTrace:
+        """Before any level runs: level 0's estimate, the gate, and exemplars."""
+        features = self.router.featurizer.transform_one(request)
+        trace = RequestTrace(request, features)
+        if self.use_gate:
+            trace.p_level1 = self.router.predict_features(features)
+            trace.p_try = self.gate.p_act_accept(trace.p_level1)
+            trace.gate = self.gate.decide(trace.p_level1)
+            if not trace.gate.accept:
+                self.n_skipped += 1
+        return trace
+
+    def start_position(self, trace: RequestTrace) -> int:
+        return 0 if trace.gate is None or trace.gate.accept else 1
+
+    def exemplars(self, trace: RequestTrace) -> list[tuple[str, str]]:
+        similar = self.memory.similar(trace.request)
+        trace.exemplar_ids = [e.request_id for _, e in similar]
+        return [(e.prompt, e.code) for _, e in similar]
+
+    def decide(self, trace: RequestTrace, position: int, score: float, cost_usd: float) -> Decision:
+        policy = self.policies[position]
+        p_act_accept = policy.p_act_accept(score)
+        decision = policy.decide(score)
+        if decision.explored:
+            self.n_explored += 1
+        trace.steps.append(LevelStep(position, score, decision, p_act_accept, cost_usd))
+        return decision
+
+    def record_top(self, trace: RequestTrace, score: float, cost_usd: float) -> None:
+        trace.steps.append(LevelStep(self.n_levels - 1, score, None, 1.0, cost_usd))
+
+    # -- learning ----------------------------------------------------------------
+
+    def _loss_cost(self, cost_usd: float) -> float:
+        return min(1.0, self.mu * cost_usd)
+
+    def finish(
+        self,
+        trace: RequestTrace,
+        published_position: int,
+        labels: dict[int, bool | None],
+        published_code: str,
+        top_answer_tested: bool,
+    ) -> None:
+        """Learn from one request. `labels[position]` says whether that level's
+        answer was right (None: no label)."""
+        trace.published_position = published_position
+        steps = {s.position: s for s in trace.steps}
+        for step in trace.steps:
+            step.right = labels.get(step.position)
+        # Running costs: what deferring from a level costs, observed where it happened.
+        for step in trace.steps:
+            above = steps.get(step.position + 1)
+            if step.position < self.n_levels - 1 and above is not None:
+                self.next_cost[step.position].update(above.cost_usd)
+        if 0 in steps and 1 in steps:
+            self.above_level1_cost.update(sum(s.cost_usd for s in trace.steps if s.position >= 1))
+        for step in trace.steps:
+            if step.decision is not None:
+                self._update_policy(step)
+        if self.use_gate and trace.gate is not None and trace.p_level1 is not None:
+            self._update_gate(trace, steps.get(0))
+        self._update_budget(trace)
+        published = steps[published_position]
+        if published.decision is not None:
+            self.pending[trace.request.id] = Pending(
+                trace.features,
+                published_position,
+                published.score,
+                min(1.0, max(published.p_act_accept, 1e-3)),
+                published.right is not None,
+            )
+            while len(self.pending) > self.config.pending_capacity:
+                self.pending.popitem(last=False)
+        # Memory: the top level's tested answers; credit exemplars that were shown.
+        first = steps.get(0)
+        if trace.exemplar_ids and first is not None and first.right is not None:
+            self.memory.record_outcome(trace.exemplar_ids, first.right)
+        if published_position == self.n_levels - 1 and top_answer_tested:
+            self.memory.add(trace.request, published_code)
+        self.memory.tick()
+        self.n_requests += 1
+        self.last_trace = trace
+
+    def _update_policy(self, step: LevelStep) -> None:
+        assert step.decision is not None
+        policy = self.policies[step.position]
+        defer_loss = self._loss_cost(self.next_cost[step.position].value)
+        if step.right is None:
+            policy.update_losses(step.score, None, defer_loss)
+            return
+        # The label arrives when the level deferred (the next level's answer
+        # labels it) or always, with reference labels; its probability weights it.
+        p_label = 1.0 if step.decision.accept else min(1.0, max(1e-3, 1.0 - step.p_act_accept))
+        policy.update_losses(step.score, float(not step.right), defer_loss, p_label)
+        if self.config.drift and self.drift[step.position].update(float(not step.right)):
+            log.info("drift at level position %d: exploration restarts", step.position)
+            policy.restart_exploration(self.config.drift_share)
+
+    def _update_gate(self, trace: RequestTrace, first: LevelStep | None) -> None:
+        assert trace.gate is not None and trace.p_level1 is not None
+        skip_loss = self._loss_cost(self.above_level1_cost.value)
+        if first is None or first.decision is None:
+            self.gate.update_losses(trace.p_level1, None, skip_loss)
+            return
+        decision = first.decision
+        cost_1 = first.cost_usd
+        label: bool | None  # router target: level 1 would accept and is right
+        if not decision.would_accept:
+            try_loss: float | None = self._loss_cost(cost_1 + self.above_level1_cost.value)
+            p_obs = trace.p_try
+            label, weight = False, 1.0
+        elif first.right is not None:
+            try_loss = min(1.0, self._loss_cost(cost_1) + float(not first.right))
+            # An explored accept is seen with probability p_explore (without
+            # reference labels), an unexplored one is not seen at all.
+            p_seen = decision.p_explore if decision.explored and not decision.accept else 1.0
+            p_obs = trace.p_try * max(p_seen, 1e-3)
+            label, weight = first.right, min(_MAX_SAMPLE_WEIGHT, 1.0 / max(p_seen, 1e-3))
+        else:
+            try_loss, p_obs, label, weight = None, 1.0, None, 0.0
+        self.gate.update_losses(trace.p_level1, try_loss, skip_loss, min(1.0, max(p_obs, 1e-3)))
+        if label is not None:
+            predicted = self.router.predict_features(trace.features)
+            self.router.model.learn_one(trace.features, label, w=weight)
+            self.router.n_learned += 1
+            if self.config.drift and self.gate_drift.update(float((predicted >= 0.5) != label)):
+                log.info("drift at level 0: gate exploration restarts")
+                self.gate.restart_exploration(self.config.drift_share)
+
+    def _update_budget(self, trace: RequestTrace) -> None:
+        config = self.config
+        if config.budget_usd_per_request is not None:
+            spent = sum(s.cost_usd for s in trace.steps)
+            signal = spent / config.budget_usd_per_request - 1.0
+        elif config.budget_top_share is not None:
+            reached_top = any(s.position == self.n_levels - 1 for s in trace.steps)
+            signal = (float(reached_top) - config.budget_top_share) / config.budget_top_share
+        else:
+            return
+        # Over budget: weigh cost more (dual ascent on the budget constraint).
+        step = config.budget_step * max(-1.0, min(1.0, signal))
+        self.mu = min(_MU_RANGE[1], max(_MU_RANGE[0], self.mu * math.exp(step)))
+
+    def learn_one(self, feedback: Feedback) -> bool:
+        """Learn from a downstream outcome of a published answer. False when the
+        answer is unknown here (too old, or published before a restart)."""
+        self.n_feedback += 1
+        pending = self.pending.pop(feedback.id, None)
+        if pending is None:
+            self.n_feedback_unmatched += 1
+            log.warning("feedback for unknown or expired answer %s: not learned", feedback.id)
+            return False
+        policy = self.policies[pending.position]
+        # Only the accepting side is seen: the answer was published because it accepted.
+        policy.update_losses(pending.score, float(not feedback.passed), None, pending.p_published)
+        if pending.position == 0:
+            self.router.model.learn_one(pending.features, feedback.passed)
+            self.router.n_learned += 1
+        if self.config.drift and self.drift[pending.position].update(float(not feedback.passed)):
+            policy.restart_exploration(self.config.drift_share)
+        return True
+
+    # -- state -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "n_levels": self.n_levels,
+            "mu": self.mu,
+            "policies": [p.state_dict() for p in self.policies],
+            "gate": self.gate.state_dict(),
+            "router": self.router.state_dict(),
+            "next_cost": [[m.value, m.n] for m in self.next_cost],
+            "above_level1_cost": [self.above_level1_cost.value, self.above_level1_cost.n],
+            "drift": [d.state_dict() for d in self.drift],
+            "gate_drift": self.gate_drift.state_dict(),
+            "memory": self.memory.state_dict(),
+            "counters": {
+                "n_requests": self.n_requests,
+                "n_feedback": self.n_feedback,
+                "n_feedback_unmatched": self.n_feedback_unmatched,
+                "n_explored": self.n_explored,
+                "n_skipped": self.n_skipped,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot (pending feedback is not part of it)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported learner state version {state.get('version')!r}")
+        if state["n_levels"] != self.n_levels:
+            raise ValueError(
+                f"snapshot is for {state['n_levels']} levels, this cascade has {self.n_levels}"
+            )
+        self.mu = float(state["mu"])
+        self.policies = [HedgeThresholdPolicy.from_state_dict(p) for p in state["policies"]]
+        self.gate = HedgeThresholdPolicy.from_state_dict(state["gate"])
+        self.router = Level0Router.from_state_dict(state["router"])
+        for mean, (value, n) in zip(self.next_cost, state["next_cost"], strict=True):
+            mean.value, mean.n = float(value), int(n)
+        self.above_level1_cost.value = float(state["above_level1_cost"][0])
+        self.above_level1_cost.n = int(state["above_level1_cost"][1])
+        self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
+        self.gate_drift = DriftMonitor.from_state_dict(state["gate_drift"])
+        self.memory = ExemplarMemory(self.config.memory, self.router.featurizer)
+        self.memory.load_state_dict(state["memory"])
+        for key, value in state["counters"].items():
+            setattr(self, key, int(value))
