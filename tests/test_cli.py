@@ -115,3 +115,31 @@ def test_bench_writes_table_json_and_png(tmp_path: Path, replay_config: Path) ->
     assert names == ["big alone", "small alone", "cascade small > big"]
     assert report["configurations"][0]["cost_pct_of_top"] == 100.0
     assert (tmp_path / "out" / "cascade.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_learns_saves_restores_and_rolls_back_learner_state(
+    tmp_path: Path, replay_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = tmp_path / "requests.jsonl"
+    good = {
+        "id": "T/0",
+        "prompt": PROMPT,
+        "entry_point": "inc",
+        "visible_tests": ["assert inc(1) == 2"],
+    }
+    requests.write_text((json.dumps(good) + "\n") * 3)
+    state_dir = tmp_path / "state"
+    args = ["run", "--config", str(replay_config), "--input", str(requests), "--learn",
+            "--state-dir", str(state_dir), "--out", str(tmp_path / "a.jsonl"), "--no-progress",
+            "--no-grade"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 0  # the second run starts from the first one's state
+    answers = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(answers) == 6 and all("x + 1" in a["code"] or "1 + x" in a["code"] for a in answers)
+    capsys.readouterr()
+    assert main(["state", "--state-dir", str(state_dir)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in listing] == ["requests seen: 3", "requests seen: 6"]
+    assert main(["state", "--state-dir", str(state_dir), "--rollback", "1"]) == 0
+    assert main(["state", "--state-dir", str(state_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split("\t")[1] == "requests seen: 3"

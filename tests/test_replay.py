@@ -87,3 +87,34 @@ def test_codet_bench_on_a_few_tasks(shared_data: Path) -> None:
         assert 0.0 <= value <= 1.0
     # HumanEval/0 and /2 are easy: most CodeGen samples solve them.
     assert report.random_pick > 0.3
+
+
+@pytest.mark.slow
+def test_bench_learn_on_the_ladder_prints_tables_and_writes_plots(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from streamcascade.cli import main
+
+    out = tmp_path / "out"
+    args = ["bench", "--learn", "--ladder", str(shared_data / "humaneval-ladder"),
+            "--orders", "2", "--limit", "60", "--out-dir", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for heading in ("learned, imitation labels", "oracle", "Front as mu varies", "Drift:",
+                    "Level-0 overhead"):  # fmt: skip
+        assert heading in text
+    report = json.loads((out / "learn-ladder.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    oracle, top = rows["oracle (cheapest right model)"], rows["gpt-4-1106-preview alone"]
+    learned = rows["learned, reference labels"]
+    # The oracle bounds every configuration: nobody is right more often or cheaper.
+    assert oracle["pass_at_1_mean"] >= max(r["pass_at_1_mean"] for r in report["rows"])
+    assert oracle["cost_pct_mean"] <= top["cost_pct_mean"]
+    # Learning with reference labels beats the weakest model and costs less than the top one.
+    assert learned["pass_at_1_mean"] > rows["starcoder-15b alone"]["pass_at_1_mean"]
+    assert learned["cost_pct_mean"] < 100.0
+    assert set(learned["regret_final_mean"]) == {"1", "2", "3"}
+    for png in ("learn-regret.png", "learn-front.png", "learn-drift.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
