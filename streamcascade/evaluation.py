@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streamcascade.sandbox import Sandbox
-from streamcascade.schemas import CodeRequest
+from streamcascade.schemas import CascadeAnswer, CodeRequest
 
 
 def reference_test(request: CodeRequest) -> str | None:
@@ -13,6 +13,16 @@ def reference_test(request: CodeRequest) -> str | None:
     if request.reference_tests is None:
         return None
     return f"{request.reference_tests}\n\ncheck({request.entry_point})\n"
+
+
+def grade_answer(sandbox: Sandbox, request: CodeRequest, answer: CascadeAnswer) -> bool | None:
+    """Whether an answer is right: its label against the reference label for a
+    classification request, its code against the hidden tests otherwise."""
+    if request.is_classification:
+        if request.reference_label is None:
+            return None
+        return answer.label == request.reference_label
+    return grade_many(sandbox, [(request, answer.code)])[0]
 
 
 def grade_many(sandbox: Sandbox, pairs: Sequence[tuple[CodeRequest, str]]) -> list[bool | None]:

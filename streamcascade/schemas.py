@@ -9,19 +9,23 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class CodeRequest(BaseModel):
-    """One coding request: write the function `entry_point` that `prompt` describes."""
+    """One request. Generation (the default): write the function `entry_point`
+    that `prompt` describes. Classification: when `label_set` is given, answer
+    with one of its labels (e.g. a review verdict on the diff in `prompt`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1, max_length=512)
     prompt: str = Field(min_length=1, description="Signature and docstring, or a task in prose.")
-    entry_point: str = Field(description="Name of the function the answer must define.")
+    entry_point: str = Field(
+        default="", description="Name of the function the answer must define (generation)."
+    )
     language: Literal["python"] = "python"
     visible_tests: list[str] = Field(
         default_factory=list,
@@ -32,13 +36,35 @@ class CodeRequest(BaseModel):
         description="Hidden test code (a `check(candidate)` function, as in HumanEval). "
         "Never shown to a model; used only to grade answers.",
     )
+    label_set: list[str] | None = Field(
+        default=None,
+        description="The answers a classification request allows, e.g. "
+        '["approve", "request changes"]; None for a generation request.',
+    )
+    reference_label: str | None = Field(
+        default=None, description="The right label, hidden from models; grades answers."
+    )
 
-    @field_validator("entry_point")
-    @classmethod
-    def _entry_point_is_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(f"entry_point must be a Python identifier, got {value!r}")
-        return value
+    @property
+    def is_classification(self) -> bool:
+        return self.label_set is not None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CodeRequest:
+        if self.label_set is None:
+            if not _IDENTIFIER.match(self.entry_point):
+                raise ValueError(
+                    f"entry_point must be a Python identifier, got {self.entry_point!r}"
+                )
+            if self.reference_label is not None:
+                raise ValueError("reference_label needs a label_set")
+            return self
+        labels = [label.strip() for label in self.label_set]
+        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
+            raise ValueError("label_set needs at least two distinct, non-empty labels")
+        if self.reference_label is not None and self.reference_label not in self.label_set:
+            raise ValueError(f"reference_label {self.reference_label!r} is not in label_set")
+        return self
 
 
 class TestSummary(BaseModel):
@@ -84,7 +110,10 @@ class CascadeAnswer(BaseModel):
 
     id: str
     code: str
-    level: int = Field(description="Index of the level whose answer this is (1 = first LLM level).")
+    level: int = Field(
+        description="Index of the level whose answer this is (0 = the level-0 model, "
+        "1 = the first LLM level)."
+    )
     model: str
     score: float
     attempts: list[Attempt]
@@ -102,6 +131,9 @@ class CascadeAnswer(BaseModel):
     )
     p_level1: float | None = Field(
         default=None, description="Level 0's estimate that level 1 would be accepted and right."
+    )
+    label: str | None = Field(
+        default=None, description="The answer to a classification request (code is empty)."
     )
 
 

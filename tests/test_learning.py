@@ -8,6 +8,7 @@ from pathlib import Path
 
 from test_cascade import RIGHT, WRONG, ScriptedBackend, _level
 
+from streamcascade.backends.base import Completion, GenerationParams, Prompt
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import LearningConfig, MemoryConfig
 from streamcascade.learning.deferral import HedgeThresholdPolicy
@@ -230,3 +231,67 @@ def test_gate_exploration_tries_the_level_it_would_skip() -> None:
     share = sum(d.accept for d in decisions) / len(decisions)
     assert abs(share - gate.p_explore()) < 0.04
     assert abs(gate.p_act_accept(0.1) - gate.p_explore()) < 1e-12
+
+
+class ReviewerBackend:
+    """A scripted reviewer: approves diffs that add tests; `noise` of its verdicts
+    are the other label."""
+
+    def __init__(self, name: str, noise: float, seed: int) -> None:
+        self.name, self.noise = name, noise
+        self.rng = random.Random(seed)
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
+        out = []
+        for prompt in prompts:
+            right = "approve" if "tests added" in prompt.messages[-1].content else "request changes"
+            wrong = "request changes" if right == "approve" else "approve"
+            texts = [wrong if self.rng.random() < self.noise else right for _ in range(params.n)]
+            out.append([Completion(t, 100 if i == 0 else 0, 10, 0.0) for i, t in enumerate(texts)])
+        return out
+
+
+def test_level0_learns_to_answer_classification_requests_itself(sandbox: Sandbox) -> None:
+    levels = [
+        _level(1, ReviewerBackend("small", 0.3, 1), sandbox, k_solutions=3),  # type: ignore[arg-type]
+        _level(2, ReviewerBackend("big", 0.0, 2), sandbox),  # type: ignore[arg-type]
+    ]
+    # mu such that one small-level call (0.00016 USD) weighs 0.25 of a wrong answer.
+    config = LearningConfig(enabled=True, mu=0.25 / 0.00016, seed=3, level0_learning_rate=0.5)
+    learner = CascadeLearner(config, 2)
+    engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"))
+    rng = random.Random(7)
+    answers = []
+    truths = []
+    for i in range(300):
+        good = rng.random() < 0.5
+        filler = " ".join(rng.sample(["refactor", "rename", "loop", "cache", "docs", "api"], 2))
+        diff = f"Review this change: {filler}; " + ("tests added" if good else "no tests")
+        request = CodeRequest(id=f"c{i}", prompt=diff, label_set=["approve", "request changes"])
+        answers.append(engine.process_one(request))
+        truths.append("approve" if good else "request changes")
+    late = list(zip(answers[-100:], truths[-100:], strict=True))
+    at_level0 = [(a, t) for a, t in late if a.level == 0]
+    assert len(at_level0) >= 60, "level 0 should answer most requests once it has learned"
+    assert sum(a.label == t for a, t in at_level0) / len(at_level0) >= 0.95
+    assert all(a.attempts == [] for a, _ in at_level0 if not a.explored_levels)
+    # Everything the stream learned survives a snapshot.
+    clone = CascadeLearner(config, 2)
+    clone.load_state_dict(json.loads(json.dumps(learner.state_dict())))
+    assert clone.state_dict() == learner.state_dict()
+
+
+def test_classification_request_validation() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least two distinct"):
+        CodeRequest(id="x", prompt="diff", label_set=["approve", "approve"])
+    with pytest.raises(ValidationError, match="not in label_set"):
+        CodeRequest(id="x", prompt="diff", label_set=["a", "b"], reference_label="c")
+    with pytest.raises(ValidationError, match="entry_point"):
+        CodeRequest(id="x", prompt="def f(): pass")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-Purpose = Literal["solutions", "tests"]
+Purpose = Literal["solutions", "tests", "classification"]
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class LadderReplayBackend(_ReplayBase):
     def _recorded(self, prompt: Prompt) -> list[str]:
         if prompt.request_id not in self._solutions:
             raise UnknownTaskError(f"{self._name} has no recording for task {prompt.request_id!r}")
+        # Recordings hold programs only: tests and classifications have none to give.
         return [self._solutions[prompt.request_id]] if prompt.purpose == "solutions" else []
 
 
@@ -124,6 +125,8 @@ class CodeTReplayBackend(_ReplayBase):
         return dict(sorted(rows.items(), key=lambda item: int(item[0].rsplit("/", 1)[-1])))
 
     def _recorded(self, prompt: Prompt) -> list[str]:
+        if prompt.purpose == "classification":
+            return []
         table = self.solutions if prompt.purpose == "solutions" else self.tests
         if prompt.request_id not in table:
             raise UnknownTaskError(f"{self._name} has no recording for task {prompt.request_id!r}")

@@ -45,7 +45,10 @@ class CascadeEngine:
         started = time.perf_counter()
         attempts = []
         for position, level in enumerate(self.levels):
-            outcome = level.attempt(request)
+            if request.is_classification:
+                outcome = level.classify(request)
+            else:
+                outcome = level.attempt(request)
             attempts.append(outcome.attempt)
             if outcome.attempt.accepted or position == len(self.levels) - 1:
                 return CascadeAnswer(
@@ -59,5 +62,6 @@ class CascadeEngine:
                     tokens_out=sum(a.tokens_out for a in attempts),
                     seconds=time.perf_counter() - started,
                     cost_usd=sum(a.cost_usd for a in attempts),
+                    label=outcome.label,
                 )
         raise AssertionError("unreachable: the last level always answers")

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streamcascade.backends.base import Backend, Completion, GenerationParams
-from streamcascade.cascade.prompts import STOP, solution_prompt, tests_prompt
+from streamcascade.cascade.prompts import (
+    STOP,
+    classification_prompt,
+    parse_label,
+    solution_prompt,
+    tests_prompt,
+)
 from streamcascade.config import LevelConfig
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
@@ -26,6 +32,8 @@ class LevelOutcome:
     code: str
     tests: list[str] = field(default_factory=list)
     """The pooled asserts the attempt ran (visible and generated)."""
+    label: str | None = None
+    """A classification attempt's majority label (None: no vote parsed)."""
 
 
 def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
@@ -143,3 +151,49 @@ class Level:
             attempt.accepted,
         )
         return LevelOutcome(attempt=attempt, code=code, tests=tests)
+
+    def classify(self, request: CodeRequest) -> LevelOutcome:
+        """A classification request: k votes; the majority label's share of all
+        k votes (unparseable ones included) is the acceptance score."""
+        config = self.config
+        labels = request.label_set or []
+        started = time.perf_counter()
+        params = GenerationParams(
+            n=config.k_solutions,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=min(config.max_tokens, 16),
+        )
+        votes = self.backend.generate([classification_prompt(request)], params)[0]
+        generation_s = time.perf_counter() - started
+        parsed = [parse_label(v.text, labels) for v in votes]
+        counts = {label: parsed.count(label) for label in labels}
+        label = max(labels, key=lambda name: (counts[name], -labels.index(name)))
+        if counts[label] == 0:
+            label_or_none: str | None = None
+            score = 0.0
+            best_index = None
+        else:
+            label_or_none = label
+            score = counts[label] / len(votes)
+            best_index = parsed.index(label)
+        tokens_in = sum(v.tokens_in for v in votes)
+        tokens_out = sum(v.tokens_out for v in votes)
+        attempt = Attempt(
+            level=self.index,
+            model=self.backend.model_name,
+            n_solutions=len(votes),
+            n_tests=0,
+            n_generated_tests=0,
+            best_solution_index=best_index,
+            score=score,
+            threshold=config.threshold,
+            accepted=label_or_none is not None and score >= config.threshold,
+            tests=None,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            generation_s=generation_s,
+            sandbox_s=0.0,
+            cost_usd=_cost_usd(config, tokens_in, tokens_out),
+        )
+        return LevelOutcome(attempt=attempt, code="", label=label_or_none)

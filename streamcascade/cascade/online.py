@@ -95,6 +95,8 @@ class OnlineCascadeEngine:
         self.labeler = labeler
 
     def process_one(self, request: CodeRequest) -> CascadeAnswer:
+        if request.is_classification:
+            return self._classify_one(request)
         started = time.perf_counter()
         learner = self.learner
         trace = learner.plan(request)
@@ -159,6 +161,71 @@ class OnlineCascadeEngine:
             explored_levels=explored,
             skipped_levels=[self.levels[0].index] if start > 0 else [],
             p_level1=trace.p_level1,
+        )
+
+    def _classify_one(self, request: CodeRequest) -> CascadeAnswer:
+        """Level 0 answers when its policy trusts its confidence; otherwise the
+        LLM levels vote, climbing like generation requests. The highest level's
+        label (or the reference label) teaches level 0 and the levels below."""
+        started = time.perf_counter()
+        learner = self.learner
+        trace = learner.plan(request)
+        top = len(self.levels) - 1
+        attempts = []
+        outcomes: dict[int, LevelOutcome] = {}
+        published: int | None = -1 if learner.level0_answers(trace) else None
+        explored = [0] if trace.answer0 is not None and trace.answer0.explored else []
+        if published is None or explored:
+            for position in range(top + 1):
+                outcome = self.levels[position].classify(request)
+                outcomes[position] = outcome
+                attempts.append(outcome.attempt)
+                cost = outcome.attempt.cost_usd
+                if position == top:
+                    learner.record_top(trace, outcome.attempt.score, cost)
+                    published = position if published is None else published
+                    break
+                decision = learner.decide(trace, position, outcome.attempt.score, cost)
+                if decision.explored and published is None:
+                    published = position
+                    explored.append(self.levels[position].index)
+                if decision.accept and outcome.label is not None:
+                    published = position if published is None else published
+                    break
+        assert published is not None
+        highest = max(outcomes) if outcomes else None
+        labels: dict[int, bool | None] = {}
+        if request.reference_label is not None and self.labeler.uses_reference(request):
+            trace.teacher_label = request.reference_label
+        elif highest is not None:
+            trace.teacher_label = outcomes[highest].label
+        teacher = trace.teacher_label
+        if teacher is not None:
+            for position, outcome in outcomes.items():
+                if position != highest or teacher == request.reference_label:
+                    labels[position] = outcome.label == teacher
+            if trace.label0 is not None:
+                labels[-1] = trace.label0 == teacher
+        learner.finish(trace, published, labels, "", False)
+        if published == -1:
+            label, level, model, score = trace.label0, 0, "level0", trace.confidence or 0.0
+        else:
+            answer = outcomes[published]
+            label, level = answer.label, self.levels[published].index
+            model, score = answer.attempt.model, answer.attempt.score
+        return CascadeAnswer(
+            id=request.id,
+            code="",
+            level=level,
+            model=model,
+            score=score,
+            attempts=attempts,
+            tokens_in=sum(a.tokens_in for a in attempts),
+            tokens_out=sum(a.tokens_out for a in attempts),
+            seconds=time.perf_counter() - started,
+            cost_usd=sum(a.cost_usd for a in attempts),
+            explored_levels=explored,
+            label=label,
         )
 
     def learn_one(self, feedback: Feedback) -> bool:

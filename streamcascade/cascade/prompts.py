@@ -64,3 +64,32 @@ def tests_prompt(request: CodeRequest, max_lines: int) -> Prompt:
         messages=(ChatMessage("system", SYSTEM), ChatMessage("user", user)),
         assistant_prefix="```python\n",
     )
+
+
+def classification_prompt(request: CodeRequest) -> Prompt:
+    labels = request.label_set or []
+    choices = ", ".join(f'"{label}"' for label in labels)
+    user = (
+        f"{request.prompt.rstrip()}\n\n"
+        f"Answer with exactly one of these labels and nothing else: {choices}."
+    )
+    return Prompt(
+        request_id=request.id,
+        purpose="classification",
+        messages=(
+            ChatMessage("system", "You are a careful code reviewer. Answer with a label only."),
+            ChatMessage("user", user),
+        ),
+    )
+
+
+def parse_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label an answer gives: the one it starts with (longest match first, so
+    "request changes" is not read as "request"), else the only one it mentions."""
+    answer = text.strip().strip("`\"'*. ").lower()
+    by_length = sorted(labels, key=len, reverse=True)
+    for label in by_length:
+        if answer.startswith(label.lower()):
+            return label
+    mentioned = [label for label in by_length if label.lower() in answer]
+    return mentioned[0] if len(mentioned) == 1 else None

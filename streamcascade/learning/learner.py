@@ -27,7 +27,7 @@ from streamcascade.config import LearningConfig
 from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.memory import ExemplarMemory
-from streamcascade.learning.router import Level0Router
+from streamcascade.learning.router import Level0Classifier, Level0Router
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,13 @@ class RequestTrace:
     steps: list[LevelStep] = field(default_factory=list)
     published_position: int | None = None
     published_label_used: bool = False
+    # Classification requests: level 0's label, its confidence and the decision
+    # whether level 0 answers itself (None: it knows nothing yet, so it does not).
+    label0: str | None = None
+    confidence: float | None = None
+    answer0: Decision | None = None
+    p_answer0: float = 0.0
+    teacher_label: str | None = None  # the label the highest level (or the reference) gave
 
 
 @dataclass
@@ -84,7 +91,8 @@ class Pending:
     """Kept per published answer until its Feedback arrives (bounded)."""
 
     features: dict[str, float]
-    position: int
+    position: int  # -1: level 0 answered a classification request
+    classification: bool
     score: float
     p_published: float
     label_used: bool
@@ -98,16 +106,7 @@ class CascadeLearner:
         self.n_levels = n_levels
         self.mu = config.mu
         seed = config.seed
-        self.policies = [
-            HedgeThresholdPolicy(
-                mu=1.0,  # losses arrive already weighted by self.mu
-                thresholds=config.thresholds,
-                explore_initial=config.explore_initial,
-                explore_min=config.explore_min,
-                seed=seed + position,
-            )
-            for position in range(n_levels - 1)
-        ]
+        self.policies = self._new_policies(seed)
         self.router = Level0Router(config.level0_learning_rate, n_buckets=config.level0_buckets)
         self.use_gate = config.level0 and n_levels > 1
         self.gate = HedgeThresholdPolicy(
@@ -122,6 +121,22 @@ class CascadeLearner:
         self.above_level1_cost = RunningMean()
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
         self.gate_drift = DriftMonitor(config.drift_delta)
+        # Classification requests have their own track: level 0 may answer
+        # them itself, and LLM levels score them by vote share, not tests.
+        self.classifier = Level0Classifier(config.level0_learning_rate, config.level0_buckets)
+        self.answer0 = HedgeThresholdPolicy(
+            mu=1.0,
+            thresholds=config.thresholds,
+            explore_initial=config.explore_initial,
+            explore_min=config.explore_min,
+            seed=seed + 2000,
+        )
+        self.class_policies = self._new_policies(seed + 3000)
+        self.class_next_cost = [RunningMean() for _ in range(n_levels - 1)]
+        self.class_level1_cost = RunningMean()
+        self.class_drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
+        self.answer0_drift = DriftMonitor(config.drift_delta)
+        self.n_answered0 = 0
         self.memory = ExemplarMemory(config.memory, self.router.featurizer)
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.n_requests = 0
@@ -131,12 +146,35 @@ class CascadeLearner:
         self.n_skipped = 0
         self.last_trace: RequestTrace | None = None
 
+    def _new_policies(self, seed: int) -> list[HedgeThresholdPolicy]:
+        return [
+            HedgeThresholdPolicy(
+                mu=1.0,  # losses arrive already weighted by self.mu
+                thresholds=self.config.thresholds,
+                explore_initial=self.config.explore_initial,
+                explore_min=self.config.explore_min,
+                seed=seed + position,
+            )
+            for position in range(self.n_levels - 1)
+        ]
+
     # -- acting ------------------------------------------------------------------
 
     def plan(self, request: CodeRequest) -> RequestTrace:
         """Before any level runs: level 0's estimate, the gate, and exemplars."""
         features = self.router.featurizer.transform_one(request)
         trace = RequestTrace(request, features)
+        if request.label_set is not None:
+            if self.config.level0 and self.classifier.n_learned:
+                probabilities = self.classifier.predict_features(features, request.label_set)
+                trace.label0 = max(request.label_set, key=lambda k: probabilities[k])
+                trace.confidence = probabilities[trace.label0]
+                trace.p_answer0 = self.answer0.p_act_accept(trace.confidence)
+                trace.answer0 = self.answer0.decide(trace.confidence)
+                if trace.answer0.explored:
+                    self.n_explored += 1
+                self.n_answered0 += trace.answer0.accept
+            return trace
         if self.use_gate:
             trace.p_level1 = self.router.predict_features(features)
             trace.p_try = self.gate.p_act_accept(trace.p_level1)
@@ -153,8 +191,13 @@ class CascadeLearner:
         trace.exemplar_ids = [e.request_id for _, e in similar]
         return [(e.prompt, e.code) for _, e in similar]
 
+    def level0_answers(self, trace: RequestTrace) -> bool:
+        """Whether level 0's label is the published answer (classification only)."""
+        return trace.answer0 is not None and (trace.answer0.accept or trace.answer0.explored)
+
     def decide(self, trace: RequestTrace, position: int, score: float, cost_usd: float) -> Decision:
-        policy = self.policies[position]
+        classification = trace.request.is_classification
+        policy = (self.class_policies if classification else self.policies)[position]
         p_act_accept = policy.p_act_accept(score)
         decision = policy.decide(score)
         if decision.explored:
@@ -184,6 +227,11 @@ class CascadeLearner:
         steps = {s.position: s for s in trace.steps}
         for step in trace.steps:
             step.right = labels.get(step.position)
+        if trace.request.is_classification:
+            self._finish_classification(trace, published_position, labels)
+            self.n_requests += 1
+            self.last_trace = trace
+            return
         # Running costs: what deferring from a level costs, observed where it happened.
         for step in trace.steps:
             above = steps.get(step.position + 1)
@@ -202,6 +250,7 @@ class CascadeLearner:
             self.pending[trace.request.id] = Pending(
                 trace.features,
                 published_position,
+                False,
                 published.score,
                 min(1.0, max(published.p_act_accept, 1e-3)),
                 published.right is not None,
@@ -218,10 +267,67 @@ class CascadeLearner:
         self.n_requests += 1
         self.last_trace = trace
 
-    def _update_policy(self, step: LevelStep) -> None:
+    def _finish_classification(
+        self, trace: RequestTrace, published_position: int, labels: dict[int, bool | None]
+    ) -> None:
+        """`labels[-1]` says whether level 0's label was right; `trace.steps` are
+        the LLM levels that ran."""
+        request = trace.request
+        assert request.label_set is not None
+        steps = {s.position: s for s in trace.steps}
+        for step in trace.steps:
+            above = steps.get(step.position + 1)
+            if step.position < self.n_levels - 1 and above is not None:
+                self.class_next_cost[step.position].update(above.cost_usd)
+        if 0 in steps:
+            self.class_level1_cost.update(steps[0].cost_usd)
+        for step in trace.steps:
+            if step.decision is not None:
+                self._update_policy(step, self.class_policies, self.class_next_cost,
+                                    self.class_drift)  # fmt: skip
+        teacher = trace.teacher_label
+        if teacher is not None:
+            self.classifier.learn_features(trace.features, request.label_set, teacher)
+        if trace.answer0 is not None and trace.confidence is not None:
+            defer_loss = self._loss_cost(self.class_level1_cost.value)
+            right0 = labels.get(-1)
+            if right0 is None:
+                self.answer0.update_losses(trace.confidence, None, defer_loss)
+            else:
+                # Level 0's label is checked when the request went up anyway
+                # (always, with reference labels).
+                p_label = (
+                    1.0 if trace.answer0.accept else min(1.0, max(1e-3, 1.0 - trace.p_answer0))
+                )
+                self.answer0.update_losses(trace.confidence, float(not right0), defer_loss, p_label)
+                if self.config.drift and self.answer0_drift.update(float(not right0)):
+                    self.answer0.restart_exploration(self.config.drift_share)
+        if published_position == -1:
+            self.pending[request.id] = Pending(
+                trace.features, -1, True, trace.confidence or 0.0,
+                min(1.0, max(trace.p_answer0, 1e-3)), labels.get(-1) is not None,
+            )  # fmt: skip
+        elif (published := steps.get(published_position)) and published.decision is not None:
+            self.pending[request.id] = Pending(
+                trace.features, published_position, True, published.score,
+                min(1.0, max(published.p_act_accept, 1e-3)), published.right is not None,
+            )  # fmt: skip
+        while len(self.pending) > self.config.pending_capacity:
+            self.pending.popitem(last=False)
+
+    def _update_policy(
+        self,
+        step: LevelStep,
+        policies: list[HedgeThresholdPolicy] | None = None,
+        next_cost: list[RunningMean] | None = None,
+        drift: list[DriftMonitor] | None = None,
+    ) -> None:
         assert step.decision is not None
-        policy = self.policies[step.position]
-        defer_loss = self._loss_cost(self.next_cost[step.position].value)
+        policies = policies if policies is not None else self.policies
+        next_cost = next_cost if next_cost is not None else self.next_cost
+        drift = drift if drift is not None else self.drift
+        policy = policies[step.position]
+        defer_loss = self._loss_cost(next_cost[step.position].value)
         if step.right is None:
             policy.update_losses(step.score, None, defer_loss)
             return
@@ -229,7 +335,7 @@ class CascadeLearner:
         # labels it) or always, with reference labels; its probability weights it.
         p_label = 1.0 if step.decision.accept else min(1.0, max(1e-3, 1.0 - step.p_act_accept))
         policy.update_losses(step.score, float(not step.right), defer_loss, p_label)
-        if self.config.drift and self.drift[step.position].update(float(not step.right)):
+        if self.config.drift and drift[step.position].update(float(not step.right)):
             log.info("drift at level position %d: exploration restarts", step.position)
             policy.restart_exploration(self.config.drift_share)
 
@@ -312,12 +418,20 @@ class CascadeLearner:
             "drift": [d.state_dict() for d in self.drift],
             "gate_drift": self.gate_drift.state_dict(),
             "memory": self.memory.state_dict(),
+            "classifier": self.classifier.state_dict(),
+            "answer0": self.answer0.state_dict(),
+            "class_policies": [p.state_dict() for p in self.class_policies],
+            "class_next_cost": [[m.value, m.n] for m in self.class_next_cost],
+            "class_level1_cost": [self.class_level1_cost.value, self.class_level1_cost.n],
+            "class_drift": [d.state_dict() for d in self.class_drift],
+            "answer0_drift": self.answer0_drift.state_dict(),
             "counters": {
                 "n_requests": self.n_requests,
                 "n_feedback": self.n_feedback,
                 "n_feedback_unmatched": self.n_feedback_unmatched,
                 "n_explored": self.n_explored,
                 "n_skipped": self.n_skipped,
+                "n_answered0": self.n_answered0,
             },
         }
 
@@ -341,5 +455,16 @@ class CascadeLearner:
         self.gate_drift = DriftMonitor.from_state_dict(state["gate_drift"])
         self.memory = ExemplarMemory(self.config.memory, self.router.featurizer)
         self.memory.load_state_dict(state["memory"])
+        self.classifier = Level0Classifier.from_state_dict(state["classifier"])
+        self.answer0 = HedgeThresholdPolicy.from_state_dict(state["answer0"])
+        self.class_policies = [
+            HedgeThresholdPolicy.from_state_dict(p) for p in state["class_policies"]
+        ]
+        for mean, (value, n) in zip(self.class_next_cost, state["class_next_cost"], strict=True):
+            mean.value, mean.n = float(value), int(n)
+        self.class_level1_cost.value = float(state["class_level1_cost"][0])
+        self.class_level1_cost.n = int(state["class_level1_cost"][1])
+        self.class_drift = [DriftMonitor.from_state_dict(d) for d in state["class_drift"]]
+        self.answer0_drift = DriftMonitor.from_state_dict(state["answer0_drift"])
         for key, value in state["counters"].items():
             setattr(self, key, int(value))

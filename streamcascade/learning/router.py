@@ -70,3 +70,56 @@ class Level0Router:
         router.model.optimizer.n_iterations = int(state["optimizer_iterations"])
         router.n_learned = int(state["n_learned"])
         return router
+
+
+class Level0Classifier:
+    """For classification requests: one-vs-rest river logistic regressions over
+    the same features; `predict_one` gives a normalised distribution over the
+    labels seen so far. Labels are learned as they arrive, so a stream may
+    bring new label sets."""
+
+    def __init__(self, learning_rate: float = 0.1, n_buckets: int = 1024) -> None:
+        self.learning_rate = learning_rate
+        self.featurizer = RequestFeaturizer(n_buckets)
+        self.per_label: dict[str, Level0Router] = {}
+        self.n_learned = 0
+
+    def predict_features(self, features: dict[str, float], labels: list[str]) -> dict[str, float]:
+        """P(label) over `labels`; uniform where nothing is known yet."""
+        raw = {
+            label: self.per_label[label].predict_features(features)
+            if label in self.per_label
+            else 0.5
+            for label in labels
+        }
+        total = sum(raw.values()) or 1.0
+        return {label: value / total for label, value in raw.items()}
+
+    def learn_features(self, features: dict[str, float], labels: list[str], right: str) -> None:
+        for label in labels:
+            if label not in self.per_label:
+                self.per_label[label] = Level0Router(
+                    self.learning_rate, n_buckets=self.featurizer.n_buckets
+                )
+            self.per_label[label].learn_features(features, label == right)
+        self.n_learned += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "learning_rate": self.learning_rate,
+            "n_buckets": self.featurizer.n_buckets,
+            "per_label": {k: v.state_dict() for k, v in self.per_label.items()},
+            "n_learned": self.n_learned,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Level0Classifier:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported level-0 state version {state.get('version')!r}")
+        model = cls(state["learning_rate"], state["n_buckets"])
+        model.per_label = {
+            k: Level0Router.from_state_dict(v) for k, v in state["per_label"].items()
+        }
+        model.n_learned = int(state["n_learned"])
+        return model

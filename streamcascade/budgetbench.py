@@ -1,0 +1,269 @@
+"""`streamcascade bench --budget`: the budget heuristic on recorded data.
+
+Level 1 is CodeGen-16B from CodeT's recordings (up to all 100 of its solutions
+and 100 test generations per task; about half of its test generations are
+empty or off-topic, so small t often means no tests); level 2 is GPT-4 from
+the ladder.
+Every arm (k, t, L, threshold) of level 1 is evaluated exactly on every task
+from one sandbox run per task (all solutions against the union of tests;
+smaller arms read sub-matrices), so offline choice, online bandit and the best
+arm in hindsight are compared on the same outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamcascade.backends.replay import CodeTReplayBackend, TokenCounter
+from streamcascade.bench import LADDER_PRICES, ladder_config, ladder_requests
+from streamcascade.evaluation import grade_many
+from streamcascade.learning.budget import (
+    Arm,
+    ArmFigures,
+    BudgetedBandit,
+    choose_for_budget,
+    pareto_front,
+)
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CodeRequest
+from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests
+from streamcascade.selfcheck.execution import run_candidates
+from streamcascade.selfcheck.extract import normalize_assert
+from streamcascade.selfcheck.scoring import select_by_dual_agreement
+
+K_GRID = (1, 5, 20, 100)
+T_GRID = (0, 1, 5, 20, 100)
+L_GRID = (1, 3, 5)
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+LEVEL1_MODEL = "starcoder-15b"  # CodeGen-16B is priced like the ladder's 15B model
+
+Progress = Callable[[Iterable[str], str], Iterable[str]]
+
+
+@dataclass
+class TaskTable:
+    """Level 1's outcome under every (k, t, L), and level 2's, for one task."""
+
+    # (k, t, L) -> (acceptance score, right, cost_usd) of level 1
+    level1: dict[tuple[int, int, int], tuple[float, bool, float]]
+    level2_right: bool
+    level2_cost_usd: float
+
+    def outcome(self, arm: Arm) -> tuple[bool, float]:
+        score, right, cost = self.level1[(arm.k_solutions, arm.t_test_generations,
+                                          arm.max_test_lines)]  # fmt: skip
+        if score >= arm.threshold:
+            return right, cost
+        return self.level2_right, cost + self.level2_cost_usd
+
+
+def all_arms() -> list[Arm]:
+    return [
+        Arm(k, t, lines, threshold)
+        for k in K_GRID
+        for t in T_GRID
+        for lines in (L_GRID if t else (1,))
+        for threshold in THRESHOLDS
+    ]
+
+
+def build_tables(
+    codet_dir: Path,
+    ladder_dir: Path,
+    sandbox: Sandbox,
+    grader: Sandbox,
+    problems: dict[str, dict[str, Any]],
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, TaskTable]:
+    from streamcascade.backends import BackendPool
+    from streamcascade.cascade import Level
+
+    backend = CodeTReplayBackend(codet_dir)
+    tokens = TokenCounter()
+    with (codet_dir / "prompts-for-tests.jsonl").open(encoding="utf-8") as handle:
+        test_prompts = {row["task_id"]: row["prompt"] for row in map(json.loads, handle)}
+    top = ladder_config(ladder_dir).levels[-1]
+    top_level = Level(2, top, BackendPool(None, False).get(top.backend), sandbox)
+    requests = {r.id: r for r in ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")}
+    price_in, price_out = LADDER_PRICES[LEVEL1_MODEL]
+    wrap = progress or (lambda items, _label: items)
+    tables = {}
+    for task_id in wrap(list(backend.prompts)[:limit], "tasks"):
+        problem, prompt = problems[task_id], backend.prompts[task_id]
+        entry = problem["entry_point"]
+        texts = backend.solutions[task_id][: max(K_GRID)]
+        programs = [extract_program(s, prompt, entry) for s in texts]
+        generations = [
+            extract_asserts(t, entry, max(L_GRID)) for t in backend.tests[task_id][: max(T_GRID)]
+        ]
+        union = pool_tests(generations)
+        column = {normalize_assert(test): j for j, test in enumerate(union)}
+        passed, _ = run_candidates(sandbox, programs, union)
+        request = CodeRequest(id=task_id, prompt=problem["prompt"], entry_point=entry,
+                              reference_tests=problem["test"])  # fmt: skip
+        unique = list(dict.fromkeys(programs))
+        verdict = dict(zip(unique, grade_many(grader, [(request, p) for p in unique]), strict=True))
+        out_solutions = [tokens.count(s) for s in texts]
+        out_tests = [tokens.count(t) for t in backend.tests[task_id][: max(T_GRID)]]
+        in_solution, in_tests = tokens.count(prompt), tokens.count(test_prompts[task_id])
+        level1 = {}
+        for k in K_GRID:
+            for t in T_GRID:
+                for lines in L_GRID if t else (1,):
+                    columns = sorted(
+                        {column[normalize_assert(a)] for g in generations[:t] for a in g[:lines]}
+                    )
+                    if columns:
+                        sub = [[row[j] for j in columns] for row in passed[:k]]
+                        selection = select_by_dual_agreement(sub)
+                        index, score = selection.index, selection.score
+                    else:
+                        index, score = 0, 0.0
+                    tokens_in = in_solution + (in_tests if t else 0)
+                    tokens_out = sum(out_solutions[:k]) + sum(out_tests[:t])
+                    cost = (tokens_in * price_in + tokens_out * price_out) / 1e6
+                    level1[(k, t, lines)] = (score, bool(verdict[programs[index]]), cost)
+        top_outcome = top_level.attempt(requests[task_id])
+        [top_right] = grade_many(grader, [(requests[task_id], top_outcome.code)])
+        tables[task_id] = TaskTable(level1, bool(top_right), top_outcome.attempt.cost_usd)
+    return tables
+
+
+def _figures(tables: Sequence[TaskTable], arms: Sequence[Arm]) -> list[ArmFigures]:
+    figures = []
+    for arm in arms:
+        outcomes = [table.outcome(arm) for table in tables]
+        figures.append(
+            ArmFigures(
+                arm,
+                cost_usd=sum(c for _, c in outcomes) / len(outcomes),
+                accuracy=sum(r for r, _ in outcomes) / len(outcomes),
+            )
+        )
+    return figures
+
+
+@dataclass
+class BudgetRow:
+    budget_pct: float
+    offline_arm: str
+    offline: tuple[float, float]  # (accuracy, cost % of level 2 alone) on the rest
+    bandit: tuple[float, float]
+    hindsight_arm: str
+    hindsight: tuple[float, float]
+
+
+def budget_bench(
+    tables: dict[str, TaskTable],
+    n_orders: int = 5,
+    validation_share: float = 0.25,
+    budget_shares: Sequence[float] = (0.05, 0.1, 0.2, 0.4),
+) -> tuple[str, dict[str, Any], list[ArmFigures], list[ArmFigures]]:
+    arms = all_arms()
+    task_ids = list(tables)
+    n_valid = max(1, int(validation_share * len(task_ids)))
+    top_cost = statistics.mean(t.level2_cost_usd for t in tables.values())
+    top_accuracy = statistics.mean(t.level2_right for t in tables.values())
+    results: dict[float, list[BudgetRow]] = {b: [] for b in budget_shares}
+    first_figures: list[ArmFigures] = []
+    first_front: list[ArmFigures] = []
+    for seed in range(n_orders):
+        order = list(task_ids)
+        random.Random(seed).shuffle(order)
+        valid = [tables[t] for t in order[:n_valid]]
+        rest = [tables[t] for t in order[n_valid:]]
+        figures = _figures(valid, arms)
+        front = pareto_front(figures)
+        if seed == 0:
+            first_figures, first_front = figures, front
+        rest_figures = _figures(rest, arms)
+        for share in budget_shares:
+            budget = share * top_cost
+            chosen = choose_for_budget(front, budget)
+            offline = next(f for f in rest_figures if f.arm == chosen.arm)
+            bandit = BudgetedBandit(front, budget)
+            right = spent = 0.0
+            for table in rest:
+                index = bandit.pull()
+                was_right, cost = table.outcome(bandit.arms[index])
+                bandit.update(index, was_right, cost)
+                right += was_right
+                spent += cost
+            hindsight = choose_for_budget(pareto_front(rest_figures), budget)
+            results[share].append(
+                BudgetRow(
+                    100 * share,
+                    chosen.arm.label(),
+                    (offline.accuracy, 100 * offline.cost_usd / top_cost),
+                    (right / len(rest), 100 * spent / len(rest) / top_cost),
+                    hindsight.arm.label(),
+                    (hindsight.accuracy, 100 * hindsight.cost_usd / top_cost),
+                )
+            )
+    lines = [
+        f"Budget heuristic: level 1 CodeGen-16B (CodeT recordings, {len(arms)} arms: "
+        f"k in {K_GRID}, t in {T_GRID}, L in {L_GRID}, threshold in {THRESHOLDS}), "
+        f"level 2 GPT-4; {len(task_ids)} tasks, validation prefix {n_valid}, "
+        f"{n_orders} orders. GPT-4 alone: pass@1 {100 * top_accuracy:.1f}%.",
+        f"{'budget, % of GPT-4':>19}  {'offline arm (order 0)':<28}{'offline':>16}"
+        f"{'online bandit':>16}{'best in hindsight':>20}",
+    ]
+    payload_rows = []
+    for share, rows in results.items():
+
+        def mean(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+            return statistics.mean(a for a, _ in pairs), statistics.mean(c for _, c in pairs)
+
+        off, ban, hin = (
+            mean([getattr(r, f) for r in rows]) for f in ("offline", "bandit", "hindsight")
+        )
+        lines.append(
+            f"{100 * share:>18.0f}%  {rows[0].offline_arm:<28}"
+            f"{100 * off[0]:>8.1f}% @{off[1]:>5.1f}%"
+            f"{100 * ban[0]:>8.1f}% @{ban[1]:>5.1f}%"
+            f"{100 * hin[0]:>12.1f}% @{hin[1]:>5.1f}%"
+        )
+        payload_rows.append(
+            {
+                "budget_pct_of_top": 100 * share,
+                "offline": {"pass_at_1": off[0], "cost_pct": off[1]},
+                "bandit": {"pass_at_1": ban[0], "cost_pct": ban[1]},
+                "hindsight": {"pass_at_1": hin[0], "cost_pct": hin[1]},
+                "offline_arms": [r.offline_arm for r in rows],
+                "hindsight_arms": [r.hindsight_arm for r in rows],
+            }
+        )
+    lines.append("pass@1 @ mean cost on the stream after the validation prefix, mean of orders")
+    payload = {"n_tasks": len(task_ids), "n_validation": n_valid, "rows": payload_rows,
+               "top_pass_at_1": top_accuracy}  # fmt: skip
+    return "\n".join(lines), payload, first_figures, first_front
+
+
+def plot_budget_front(
+    figures: Sequence[ArmFigures], front: Sequence[ArmFigures], top_cost: float, path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([100 * f.cost_usd / top_cost for f in figures], [100 * f.accuracy for f in figures],
+               s=6, alpha=0.4, label="arms (k, t, L, threshold)")  # fmt: skip
+    ax.plot([100 * f.cost_usd / top_cost for f in front], [100 * f.accuracy for f in front],
+            marker="o", color="tab:red", label="Pareto front")  # fmt: skip
+    ax.set_xlabel("cost, % of GPT-4 alone")
+    ax.set_ylabel("pass@1 on the validation prefix, %")
+    ax.set_title("CodeGen-16B > GPT-4: arms on the validation prefix (order 0)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
