@@ -51,6 +51,7 @@ class StreamResult:
     answered_at: dict[int, int] = field(default_factory=dict)
     n_explored: int = 0
     n_skipped: int = 0
+    n_reached_top: int = 0
     # Per deferral policy (by level index): cumulative regret after each round it played.
     regret_curves: dict[int, list[float]] = field(default_factory=dict)
     label_agreement: list[bool] = field(default_factory=list)
@@ -144,6 +145,7 @@ class LadderWorld:
         result = StreamResult(f"{self.levels[position].name} alone")
         for r in self.requests:
             result.add(position + 1, self.correct[position][r.id], self.cost[position][r.id])
+        result.n_reached_top = result.n if position == len(self.levels) - 1 else 0
         return result
 
     def fixed_cascade(self) -> StreamResult:
@@ -152,6 +154,7 @@ class LadderWorld:
         for r in self.requests:
             answer = engine.process_one(r)
             result.add(answer.level, self.correct[answer.level - 1][r.id], answer.cost_usd)
+            result.n_reached_top += answer.level == len(self.levels)
         return result
 
     def oracle(self) -> StreamResult:
@@ -160,6 +163,7 @@ class LadderWorld:
             right = [p for p in range(len(self.levels)) if self.correct[p][r.id]]
             position = min(right, key=lambda p: self.cost[p][r.id]) if right else 0
             result.add(position + 1, bool(right), self.cost[position][r.id])
+            result.n_reached_top += position == len(self.levels) - 1
         return result
 
     def learned(
@@ -199,6 +203,7 @@ class LadderWorld:
                 if step.right is not None:
                     result.label_agreement.append(step.right == right(position, request))
             result.add(answer.level, right(answer.level - 1, request), answer.cost_usd)
+            result.n_reached_top += answer.attempts[-1].level == len(chosen)
             result.n_explored += bool(answer.explored_levels)
             result.n_skipped += bool(answer.skipped_levels)
         if switch_at is not None:
@@ -272,6 +277,7 @@ def summarise(results: Sequence[StreamResult], top_cost_usd: float) -> dict[str,
         "cost_pct_max": max(costs),
         "explored_share": statistics.mean(r.n_explored / r.n for r in results),
         "skipped_share": statistics.mean(r.n_skipped / r.n for r in results),
+        "top_share": statistics.mean(r.n_reached_top / r.n for r in results),
         "regret_final_mean": {str(k): statistics.mean(v) for k, v in regrets.items() if v},
         "label_accuracy": sum(agreement) / len(agreement) if agreement else None,
         "n_labels_per_order": len(agreement) / len(results),
@@ -280,7 +286,7 @@ def summarise(results: Sequence[StreamResult], top_cost_usd: float) -> dict[str,
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     header = f"{'configuration':<44} {'pass@1 %':>17} {'cost % of top':>19} {'explore':>8}"
-    header += f" {'skip L1':>8}  regret at end, by level"
+    header += f" {'skip L1':>8} {'reach top':>9}  regret at end, by level"
     lines = [header, "-" * len(header)]
     for row in rows:
         p = f"{100 * row['pass_at_1_mean']:.1f}"
@@ -292,7 +298,7 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
         regret = ", ".join(f"L{k} {v:.1f}" for k, v in row["regret_final_mean"].items())
         lines.append(
             f"{row['name']:<44} {p:>17} {c:>19} {100 * row['explored_share']:>7.1f}%"
-            f" {100 * row['skipped_share']:>7.1f}%  {regret}"
+            f" {100 * row['skipped_share']:>7.1f}% {100 * row['top_share']:>8.1f}%  {regret}"
         )
     return "\n".join(lines)
 
@@ -390,6 +396,17 @@ def _plt() -> Any:
     return plt
 
 
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_regret(results: Sequence[StreamResult], path: Path, title: str) -> None:
     plt = _plt()
     levels = sorted(results[0].regret_curves)
@@ -429,14 +446,8 @@ def plot_front(
         ax.annotate(row["name"], (row["cost_pct_mean"], 100 * row["pass_at_1_mean"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("cost, % of the top level alone (log)")
-    ax.set_ylabel("pass@1 on hidden tests, %")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title, "cost, % of the top level alone (log)",
+            "pass@1 on hidden tests, %")  # fmt: skip
 
 
 def plot_drift(reports: dict[str, list[DriftReport]], path: Path, title: str) -> None:
@@ -445,14 +456,8 @@ def plot_drift(reports: dict[str, list[DriftReport]], path: Path, title: str) ->
     for color, (name, runs) in zip(("tab:blue", "tab:orange"), reports.items(), strict=False):
         for i, run in enumerate(runs):
             ax.plot(run.curve_after, color=color, lw=1, alpha=0.8, label=name if i == 0 else None)
-    ax.set_xlabel("rounds at the swapped level after the swap")
-    ax.set_ylabel("cumulative regret since the swap")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title, "rounds at the swapped level after the swap",
+            "cumulative regret since the swap")  # fmt: skip
 
 
 @dataclass
@@ -488,6 +493,11 @@ def ladder_learn(
         rows.append(summarise(headline[labels], top))
     no_gate = LearningConfig(enabled=True, mu=mu_for(world, weight), level0=False)
     rows.append(summarise([world.learned(no_gate, o, "learned, no level 0") for o in streams], top))
+    for share in (0.1, 0.3):
+        # The budget knob instead of mu: mu starts at the same value and is steered.
+        budgeted = LearningConfig(enabled=True, mu=mu_for(world, weight), budget_top_share=share)
+        name = f"learned, budget: {100 * share:.0f}% reach top"
+        rows.append(summarise([world.learned(budgeted, o, name) for o in streams], top))
     fronts: dict[str, list[tuple[float, float, float]]] = {}
     front_rows = []
     for labels in sources:
@@ -617,6 +627,7 @@ def real_learn(
     for request in wrap(requests, f"{levels[-1].name} alone"):
         outcome = levels[-1].attempt(request)
         top_results.add(len(levels), right(request, outcome.code), outcome.attempt.cost_usd)
+        top_results.n_reached_top += 1
     top_cost = top_results.cost_usd
     mu = weight * len(requests) / top_cost if top_cost else config.learning.mu
     for position in reversed(range(len(levels) - 1)):
@@ -631,6 +642,7 @@ def real_learn(
     for request in wrap(requests, fixed.name):
         answer = engine.process_one(request)
         fixed.add(answer.level, right(request, answer.code), answer.cost_usd)
+        fixed.n_reached_top += answer.level == len(levels)
     rows.append(summarise([fixed], top_cost))
     extra: dict[str, dict[str, float]] = {}
     for memory_on in (False, True):
@@ -653,6 +665,7 @@ def real_learn(
             level1_right += right(request, levels[0].attempt(request, shown).code)
             answer = online.process_one(request)
             result.add(answer.level, right(request, answer.code), answer.cost_usd)
+            result.n_reached_top += answer.attempts[-1].level == len(levels)
             result.n_explored += bool(answer.explored_levels)
             result.n_skipped += bool(answer.skipped_levels)
         rows.append(summarise([result], top_cost))

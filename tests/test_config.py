@@ -47,3 +47,19 @@ def test_request_validation() -> None:
         CodeRequest(id="x", prompt="def f(): ...", entry_point="not valid")
     with pytest.raises(ValidationError):
         CodeRequest(id="", prompt="p", entry_point="f")
+
+
+def test_shipped_configs_load() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(configs.glob("*.yaml")):
+        config = load_config(path)
+        assert config.levels, path
+    learning = load_config(configs / "learning.yaml").learning
+    assert learning.enabled and learning.budget_top_share == 0.3 and learning.memory.enabled
+
+
+def test_learning_config_takes_one_budget() -> None:
+    from streamcascade.config import LearningConfig
+
+    with pytest.raises(ValidationError, match="not both"):
+        LearningConfig(budget_usd_per_request=0.01, budget_top_share=0.5)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from streamcascade.backends import BackendPool
 from streamcascade.cascade.level import Level
 from streamcascade.config import AppConfig, LevelConfig
 from streamcascade.sandbox import Sandbox
-from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.schemas import Attempt, CascadeAnswer, CodeRequest
+
+
+def build_answer(
+    request: CodeRequest, attempts: Sequence[Attempt], started_s: float, **fields: Any
+) -> CascadeAnswer:
+    """A CascadeAnswer whose tokens, cost and seconds are summed over every
+    attempt paid for (`started_s` from time.perf_counter); `fields` say who answered."""
+    return CascadeAnswer(
+        id=request.id,
+        attempts=list(attempts),
+        tokens_in=sum(a.tokens_in for a in attempts),
+        tokens_out=sum(a.tokens_out for a in attempts),
+        seconds=time.perf_counter() - started_s,
+        cost_usd=sum(a.cost_usd for a in attempts),
+        **fields,
+    )
 
 
 class CascadeEngine:
@@ -51,17 +68,14 @@ class CascadeEngine:
                 outcome = level.attempt(request)
             attempts.append(outcome.attempt)
             if outcome.attempt.accepted or position == len(self.levels) - 1:
-                return CascadeAnswer(
-                    id=request.id,
+                return build_answer(
+                    request,
+                    attempts,
+                    started,
                     code=outcome.code,
                     level=level.index,
                     model=outcome.attempt.model,
                     score=outcome.attempt.score,
-                    attempts=attempts,
-                    tokens_in=sum(a.tokens_in for a in attempts),
-                    tokens_out=sum(a.tokens_out for a in attempts),
-                    seconds=time.perf_counter() - started,
-                    cost_usd=sum(a.cost_usd for a in attempts),
                     label=outcome.label,
                 )
         raise AssertionError("unreachable: the last level always answers")

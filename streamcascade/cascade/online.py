@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
+from streamcascade.cascade.engine import build_answer
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.evaluation import grade_many
 from streamcascade.learning.imitation import agreement, probe_calls
@@ -147,17 +148,14 @@ class OnlineCascadeEngine:
             and answer_outcome.attempt.score >= 1.0
         )
         learner.finish(trace, published, labels, answer_outcome.code, top_tested)
-        return CascadeAnswer(
-            id=request.id,
+        return build_answer(
+            request,
+            attempts,
+            started,
             code=answer_outcome.code,
             level=self.levels[published].index,
             model=answer_outcome.attempt.model,
             score=answer_outcome.attempt.score,
-            attempts=attempts,
-            tokens_in=sum(a.tokens_in for a in attempts),
-            tokens_out=sum(a.tokens_out for a in attempts),
-            seconds=time.perf_counter() - started,
-            cost_usd=sum(a.cost_usd for a in attempts),
             explored_levels=explored,
             skipped_levels=[self.levels[0].index] if start > 0 else [],
             p_level1=trace.p_level1,
@@ -213,17 +211,14 @@ class OnlineCascadeEngine:
             answer = outcomes[published]
             label, level = answer.label, self.levels[published].index
             model, score = answer.attempt.model, answer.attempt.score
-        return CascadeAnswer(
-            id=request.id,
+        return build_answer(
+            request,
+            attempts,
+            started,
             code="",
             level=level,
             model=model,
             score=score,
-            attempts=attempts,
-            tokens_in=sum(a.tokens_in for a in attempts),
-            tokens_out=sum(a.tokens_out for a in attempts),
-            seconds=time.perf_counter() - started,
-            cost_usd=sum(a.cost_usd for a in attempts),
             explored_levels=explored,
             label=label,
         )

@@ -21,7 +21,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from streamcascade.config import LearningConfig
 from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
@@ -109,14 +109,7 @@ class CascadeLearner:
         self.policies = self._new_policies(seed)
         self.router = Level0Router(config.level0_learning_rate, n_buckets=config.level0_buckets)
         self.use_gate = config.level0 and n_levels > 1
-        self.gate = HedgeThresholdPolicy(
-            mu=1.0,
-            thresholds=config.thresholds,
-            explore_initial=config.explore_initial,
-            explore_min=config.explore_min,
-            seed=seed + 1000,
-            explore="accept",
-        )
+        self.gate = self._new_policy(seed + 1000, explore="accept")
         self.next_cost = [RunningMean() for _ in range(n_levels - 1)]
         self.above_level1_cost = RunningMean()
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
@@ -124,13 +117,7 @@ class CascadeLearner:
         # Classification requests have their own track: level 0 may answer
         # them itself, and LLM levels score them by vote share, not tests.
         self.classifier = Level0Classifier(config.level0_learning_rate, config.level0_buckets)
-        self.answer0 = HedgeThresholdPolicy(
-            mu=1.0,
-            thresholds=config.thresholds,
-            explore_initial=config.explore_initial,
-            explore_min=config.explore_min,
-            seed=seed + 2000,
-        )
+        self.answer0 = self._new_policy(seed + 2000)
         self.class_policies = self._new_policies(seed + 3000)
         self.class_next_cost = [RunningMean() for _ in range(n_levels - 1)]
         self.class_level1_cost = RunningMean()
@@ -146,17 +133,20 @@ class CascadeLearner:
         self.n_skipped = 0
         self.last_trace: RequestTrace | None = None
 
+    def _new_policy(
+        self, seed: int, explore: Literal["defer", "accept"] = "defer"
+    ) -> HedgeThresholdPolicy:
+        return HedgeThresholdPolicy(
+            mu=1.0,  # losses arrive already weighted by self.mu
+            thresholds=self.config.thresholds,
+            explore_initial=self.config.explore_initial,
+            explore_min=self.config.explore_min,
+            seed=seed,
+            explore=explore,
+        )
+
     def _new_policies(self, seed: int) -> list[HedgeThresholdPolicy]:
-        return [
-            HedgeThresholdPolicy(
-                mu=1.0,  # losses arrive already weighted by self.mu
-                thresholds=self.config.thresholds,
-                explore_initial=self.config.explore_initial,
-                explore_min=self.config.explore_min,
-                seed=seed + position,
-            )
-            for position in range(self.n_levels - 1)
-        ]
+        return [self._new_policy(seed + position) for position in range(self.n_levels - 1)]
 
     # -- acting ------------------------------------------------------------------
 
