@@ -118,3 +118,25 @@ def test_bench_learn_on_the_ladder_prints_tables_and_writes_plots(
     assert set(learned["regret_final_mean"]) == {"1", "2", "3"}
     for png in ("learn-regret.png", "learn-front.png", "learn-drift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_budget_chooses_arms_on_the_front_and_writes_its_plot(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from streamcascade.cli import main
+
+    out = tmp_path / "out"
+    args = ["bench", "--budget", "--codet", str(shared_data / "codet-humaneval"),
+            "--ladder", str(shared_data / "humaneval-ladder"), "--limit", "12", "--orders", "2",
+            "--out-dir", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert "Budget heuristic" in capsys.readouterr().out
+    report = json.loads((out / "budget.json").read_text())
+    assert [row["budget_pct_of_top"] for row in report["rows"]] == [5.0, 10.0, 20.0, 40.0]
+    hindsight = [row["hindsight"]["pass_at_1"] for row in report["rows"]]
+    # A bigger budget never buys a worse best arm in hindsight.
+    assert hindsight == sorted(hindsight)
+    assert (out / "budget-front.png").read_bytes()[:4] == b"\x89PNG"
