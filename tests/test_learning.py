@@ -295,3 +295,13 @@ def test_classification_request_validation() -> None:
         CodeRequest(id="x", prompt="diff", label_set=["a", "b"], reference_label="c")
     with pytest.raises(ValidationError, match="entry_point"):
         CodeRequest(id="x", prompt="def f(): pass")
+
+
+def test_top_share_budget_steers_mu_both_ways() -> None:
+    def mu_after(share: float) -> float:
+        config = LearningConfig(enabled=True, mu=10.0, budget_top_share=share, level0=False)
+        learner = CascadeLearner(config, 2)
+        _drive(learner, 60, seed=8)  # the top level runs on about half of these rounds
+        return learner.mu
+
+    assert mu_after(0.1) > 10.0 > mu_after(0.9)

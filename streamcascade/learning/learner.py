@@ -112,6 +112,7 @@ class CascadeLearner:
         self.gate = self._new_policy(seed + 1000, explore="accept")
         self.next_cost = [RunningMean() for _ in range(n_levels - 1)]
         self.above_level1_cost = RunningMean()
+        self.budget_mean = RunningMean()  # recent spend, or share reaching the top
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
         self.gate_drift = DriftMonitor(config.drift_delta)
         # Classification requests have their own track: level 0 may answer
@@ -361,18 +362,22 @@ class CascadeLearner:
                 self.gate.restart_exploration(self.config.drift_share)
 
     def _update_budget(self, trace: RequestTrace) -> None:
+        """Dual ascent on the budget: while the running mean of the spend (or of
+        the share reaching the top level) is over target, cost weighs more."""
         config = self.config
         if config.budget_usd_per_request is not None:
-            spent = sum(s.cost_usd for s in trace.steps)
-            signal = spent / config.budget_usd_per_request - 1.0
+            target = config.budget_usd_per_request
+            self.budget_mean.update(sum(s.cost_usd for s in trace.steps))
         elif config.budget_top_share is not None:
+            target = config.budget_top_share
             reached_top = any(s.position == self.n_levels - 1 for s in trace.steps)
-            signal = (float(reached_top) - config.budget_top_share) / config.budget_top_share
+            self.budget_mean.update(float(reached_top))
         else:
             return
-        # Over budget: weigh cost more (dual ascent on the budget constraint).
-        step = config.budget_step * max(-1.0, min(1.0, signal))
-        self.mu = min(_MU_RANGE[1], max(_MU_RANGE[0], self.mu * math.exp(step)))
+        signal = max(-1.0, min(1.0, self.budget_mean.value / target - 1.0))
+        self.mu = min(
+            _MU_RANGE[1], max(_MU_RANGE[0], self.mu * math.exp(config.budget_step * signal))
+        )
 
     def learn_one(self, feedback: Feedback) -> bool:
         """Learn from a downstream outcome of a published answer. False when the
@@ -405,6 +410,7 @@ class CascadeLearner:
             "router": self.router.state_dict(),
             "next_cost": [[m.value, m.n] for m in self.next_cost],
             "above_level1_cost": [self.above_level1_cost.value, self.above_level1_cost.n],
+            "budget_mean": [self.budget_mean.value, self.budget_mean.n],
             "drift": [d.state_dict() for d in self.drift],
             "gate_drift": self.gate_drift.state_dict(),
             "memory": self.memory.state_dict(),
@@ -441,6 +447,8 @@ class CascadeLearner:
             mean.value, mean.n = float(value), int(n)
         self.above_level1_cost.value = float(state["above_level1_cost"][0])
         self.above_level1_cost.n = int(state["above_level1_cost"][1])
+        self.budget_mean.value = float(state["budget_mean"][0])
+        self.budget_mean.n = int(state["budget_mean"][1])
         self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
         self.gate_drift = DriftMonitor.from_state_dict(state["gate_drift"])
         self.memory = ExemplarMemory(self.config.memory, self.router.featurizer)
