@@ -91,3 +91,51 @@ def test_run_command_on_the_embedded_default(
     [answer] = [json.loads(line) for line in out.read_text().splitlines()]
     assert answer["id"] == "HumanEval/0" and "def has_close_elements" in answer["code"]
     assert "1 answered, 0 dead letters" in capsys.readouterr().err
+
+
+def test_learning_cascade_with_exemplar_memory_on_the_real_models(
+    config: AppConfig, pool: BackendPool
+) -> None:
+    """The learning cascade on the real models: a tested top-level answer enters
+    the memory and reaches the 0.5B model's prompt as a worked example for a
+    similar request; the learner state survives a JSON round trip."""
+    from streamcascade.cascade.level import Level
+    from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
+    from streamcascade.config import LearningConfig, MemoryConfig
+    from streamcascade.learning.learner import CascadeLearner
+    from streamcascade.schemas import CodeRequest
+
+    def request(i: int, name: str, doc: str, test: str) -> CodeRequest:
+        prompt = f'def {name}(numbers: list) -> list:\n    """{doc}"""\n'
+        return CodeRequest(id=f"mem{i}", prompt=prompt, entry_point=name, visible_tests=[test])
+
+    first = request(0, "evens", "Keep the even numbers of the list, in order.",
+                    "assert evens([1, 2, 3, 4]) == [2, 4]")  # fmt: skip
+    second = request(1, "odds", "Keep the odd numbers of the list, in order.",
+                     "assert odds([1, 2, 3, 4]) == [1, 3]")  # fmt: skip
+    learning = LearningConfig(
+        enabled=True,
+        mu=1.0,
+        level0=False,
+        explore_initial=0.0,
+        explore_min=0.0,
+        memory=MemoryConfig(enabled=True, min_similarity=0.3),
+    )
+    with Sandbox(config.sandbox) as sandbox:
+        levels = [
+            Level(i + 1, lc, pool.get(lc.backend), sandbox) for i, lc in enumerate(config.levels)
+        ]
+        learner = CascadeLearner(learning, len(levels))
+        # Every threshold but "never" is dropped: the first request must reach the top.
+        learner.policies[0].log_weights = [-50.0] * (len(learning.thresholds) - 1) + [0.0]
+        engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"))
+        answer = engine.process_one(first)
+        assert answer.level == 2 and "def evens" in answer.code
+        assert "mem0" in learner.memory.entries
+        shown = learner.memory.similar(second)
+        assert [e.request_id for _, e in shown] == ["mem0"]
+        engine.process_one(second)
+    assert learner.last_trace is not None and learner.last_trace.exemplar_ids == ["mem0"]
+    clone = CascadeLearner(learning, len(levels))
+    clone.load_state_dict(json.loads(json.dumps(learner.state_dict())))
+    assert clone.state_dict() == learner.state_dict()

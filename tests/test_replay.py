@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,19 +90,21 @@ def test_codet_bench_on_a_few_tasks(shared_data: Path) -> None:
     assert report.random_pick > 0.3
 
 
+def _bench(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`streamcascade bench ARGS` as a user runs it; returns what it printed."""
+    from streamcascade.cli import main
+
+    assert main(["bench", *args, "--out-dir", str(out), "--no-progress"]) == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_bench_learn_on_the_ladder_prints_tables_and_writes_plots(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    from streamcascade.cli import main
-
     out = tmp_path / "out"
-    args = ["bench", "--learn", "--ladder", str(shared_data / "humaneval-ladder"),
-            "--orders", "2", "--limit", "60", "--out-dir", str(out), "--no-progress"]  # fmt: skip
-    assert main(args) == 0
-    text = capsys.readouterr().out
+    text = _bench(["--learn", "--ladder", str(shared_data / "humaneval-ladder"), "--orders", "2",
+                   "--limit", "60"], out, capsys)  # fmt: skip
     for heading in ("learned, imitation labels", "oracle", "Front as mu varies", "Drift:",
                     "Level-0 overhead"):  # fmt: skip
         assert heading in text
@@ -124,16 +127,11 @@ def test_bench_learn_on_the_ladder_prints_tables_and_writes_plots(
 def test_bench_budget_chooses_arms_on_the_front_and_writes_its_plot(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    from streamcascade.cli import main
-
     out = tmp_path / "out"
-    args = ["bench", "--budget", "--codet", str(shared_data / "codet-humaneval"),
-            "--ladder", str(shared_data / "humaneval-ladder"), "--limit", "12", "--orders", "2",
-            "--out-dir", str(out), "--no-progress"]  # fmt: skip
-    assert main(args) == 0
-    assert "Budget heuristic" in capsys.readouterr().out
+    text = _bench(["--budget", "--codet", str(shared_data / "codet-humaneval"), "--ladder",
+                   str(shared_data / "humaneval-ladder"), "--limit", "12", "--orders", "2"],
+                  out, capsys)  # fmt: skip
+    assert "Budget heuristic" in text
     report = json.loads((out / "budget.json").read_text())
     assert [row["budget_pct_of_top"] for row in report["rows"]] == [5.0, 10.0, 20.0, 40.0]
     hindsight = [row["hindsight"]["pass_at_1"] for row in report["rows"]]
