@@ -305,3 +305,29 @@ def test_top_share_budget_steers_mu_both_ways() -> None:
         return learner.mu
 
     assert mu_after(0.1) > 10.0 > mu_after(0.9)
+
+
+def test_a_level_with_nothing_to_answer_is_never_accepted(sandbox: Sandbox) -> None:
+    levels = [
+        _level(
+            1,
+            ScriptedBackend("mute", ["I cannot help with that."], []),
+            sandbox,
+            t_test_generations=0,
+        ),
+        _level(2, ScriptedBackend("big", [RIGHT], []), sandbox, t_test_generations=0),
+    ]
+    config = LearningConfig(enabled=True, mu=1.0, level0=False, explore_initial=0.5)
+    learner = CascadeLearner(config, 2)
+    learner.policies[0].log_weights = [0.0] + [-50.0] * (len(config.thresholds) - 1)  # accept all
+    engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"))
+    for i in range(5):
+        # A prose request: a refusal leaves no program at all.
+        request = CodeRequest(
+            id=f"n{i}",
+            prompt="Write double(x) that returns twice x.",
+            entry_point="double",
+            visible_tests=["assert double(2) == 4"],
+        )
+        answer = engine.process_one(request)
+        assert answer.level == 2 and "2 * x" in answer.code and not answer.explored_levels

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 LabelSource = Literal["auto", "imitation", "reference"]
 
 
+def _decision_score(outcome: LevelOutcome) -> float:
+    """The score a policy sees: below every threshold when the level has nothing
+    to answer with (no program, or no parsable label), so no policy accepts it."""
+    no_answer = outcome.attempt.best_solution_index is None
+    return -1.0 if no_answer else outcome.attempt.score
+
+
 class Labeler:
     """Says whether a level's code was right: by the request's reference tests,
     or by agreeing with a higher level's answer on probe inputs (imitation).
@@ -121,7 +128,7 @@ class OnlineCascadeEngine:
                 if published is None:
                     published = position
             else:
-                decision = learner.decide(trace, position, outcome.attempt.score, cost)
+                decision = learner.decide(trace, position, _decision_score(outcome), cost)
                 accepted = decision.accept
                 outcome = LevelOutcome(
                     outcome.attempt.model_copy(
@@ -183,7 +190,7 @@ class OnlineCascadeEngine:
                     learner.record_top(trace, outcome.attempt.score, cost)
                     published = position if published is None else published
                     break
-                decision = learner.decide(trace, position, outcome.attempt.score, cost)
+                decision = learner.decide(trace, position, _decision_score(outcome), cost)
                 if decision.explored and published is None:
                     published = position
                     explored.append(self.levels[position].index)
