@@ -53,6 +53,15 @@ class CachingLevel(Level):
         return self._cache[key]
 
 
+def caching_levels(config: AppConfig, sandbox: Sandbox) -> list[CachingLevel]:
+    """Every level of `config`, each remembering its attempts, models loaded once."""
+    pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
+    return [
+        CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
+        for i, lc in enumerate(config.levels)
+    ]
+
+
 @dataclass
 class BenchReport:
     summaries: list[RunSummary]
@@ -121,11 +130,7 @@ def run_bench(
 ) -> BenchReport:
     """Run the full cascade, each level alone, and any `extra` (name, level
     positions) sub-cascades over `requests`; grade every answer."""
-    pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
-    levels = [
-        CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
-        for i, lc in enumerate(config.levels)
-    ]
+    levels = caching_levels(config, sandbox)
     top = len(levels) - 1
     plans: list[tuple[str, list[Level]]] = [
         (f"{lvl.name} alone", [lvl]) for lvl in reversed(levels)

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcascade.backends import BackendPool
-from streamcascade.bench import CachingLevel
+from streamcascade.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.cascade.online import Labeler, LabelSource, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
@@ -108,15 +107,11 @@ class LadderWorld:
         grader: Sandbox,
         progress: Progress | None = None,
     ) -> None:
-        pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
         self.config = config
         self.requests = list(requests)
         self.sandbox = sandbox
         self.grader = grader
-        self.levels = [
-            CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
-            for i, lc in enumerate(config.levels)
-        ]
+        self.levels = caching_levels(config, sandbox)
         wrap = progress or (lambda items, _label: items)
         self.correct: list[dict[str, bool]] = []
         self.cost: list[dict[str, float]] = []
@@ -609,11 +604,7 @@ def real_learn(
     """The learned cascade on live models, with and without the exemplar memory,
     beside each level alone and the fixed-threshold cascade (one pass, in order)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
-    levels = [
-        CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
-        for i, lc in enumerate(config.levels)
-    ]
+    levels = caching_levels(config, sandbox)
     wrap = progress or (lambda items, _label: items)
     verdicts: dict[tuple[str, str], bool] = {}
 

@@ -138,6 +138,13 @@ def test_imitation_labels_tell_programs_apart_on_probe_inputs(sandbox: Sandbox) 
     assert agreement(sandbox, reference, reference, []) is None
 
 
+def _double(request_id: str, prompt: str) -> CodeRequest:
+    """A request for `double`, with one visible test that x + 2 also passes."""
+    return CodeRequest(
+        id=request_id, prompt=prompt, entry_point="double", visible_tests=["assert double(2) == 4"]
+    )
+
+
 def test_online_cascade_learns_to_defer_a_level_that_passes_but_is_wrong(
     sandbox: Sandbox,
 ) -> None:
@@ -152,13 +159,7 @@ def test_online_cascade_learns_to_defer_a_level_that_passes_but_is_wrong(
     engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"))
     answers = []
     for i in range(40):
-        request = CodeRequest(
-            id=f"d{i}",
-            prompt='def double(x):\n    """Twice x."""\n',
-            entry_point="double",
-            visible_tests=["assert double(2) == 4"],
-        )
-        answers.append(engine.process_one(request))
+        answers.append(engine.process_one(_double(f"d{i}", 'def double(x):\n    """Twice x."""\n')))
     # The small level scores 1.0 on the visible test every time, and is wrong.
     assert learner.policies[0].p_accept(1.0) < 0.2
     assert sum(a.level == 2 for a in answers[-10:]) >= 8
@@ -323,11 +324,5 @@ def test_a_level_with_nothing_to_answer_is_never_accepted(sandbox: Sandbox) -> N
     engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"))
     for i in range(5):
         # A prose request: a refusal leaves no program at all.
-        request = CodeRequest(
-            id=f"n{i}",
-            prompt="Write double(x) that returns twice x.",
-            entry_point="double",
-            visible_tests=["assert double(2) == 4"],
-        )
-        answer = engine.process_one(request)
+        answer = engine.process_one(_double(f"n{i}", "Write double(x) that returns twice x."))
         assert answer.level == 2 and "2 * x" in answer.code and not answer.explored_levels

@@ -223,11 +223,7 @@ class CascadeLearner:
             self.n_requests += 1
             self.last_trace = trace
             return
-        # Running costs: what deferring from a level costs, observed where it happened.
-        for step in trace.steps:
-            above = steps.get(step.position + 1)
-            if step.position < self.n_levels - 1 and above is not None:
-                self.next_cost[step.position].update(above.cost_usd)
+        self._update_next_costs(steps, self.next_cost)
         if 0 in steps and 1 in steps:
             self.above_level1_cost.update(sum(s.cost_usd for s in trace.steps if s.position >= 1))
         for step in trace.steps:
@@ -238,16 +234,10 @@ class CascadeLearner:
         self._update_budget(trace)
         published = steps[published_position]
         if published.decision is not None:
-            self.pending[trace.request.id] = Pending(
-                trace.features,
-                published_position,
-                False,
-                published.score,
-                min(1.0, max(published.p_act_accept, 1e-3)),
-                published.right is not None,
-            )
-            while len(self.pending) > self.config.pending_capacity:
-                self.pending.popitem(last=False)
+            self._remember(trace.request.id, Pending(
+                trace.features, published_position, False, published.score,
+                min(1.0, max(published.p_act_accept, 1e-3)), published.right is not None,
+            ))  # fmt: skip
         # Memory: the top level's tested answers; credit exemplars that were shown.
         first = steps.get(0)
         if trace.exemplar_ids and first is not None and first.right is not None:
@@ -258,6 +248,19 @@ class CascadeLearner:
         self.n_requests += 1
         self.last_trace = trace
 
+    def _update_next_costs(self, steps: dict[int, LevelStep], means: list[RunningMean]) -> None:
+        """What deferring from a level costs, observed where it happened."""
+        for position in steps:
+            above = steps.get(position + 1)
+            if position < self.n_levels - 1 and above is not None:
+                means[position].update(above.cost_usd)
+
+    def _remember(self, request_id: str, pending: Pending) -> None:
+        """Keep a published answer's context for its Feedback, oldest out first."""
+        self.pending[request_id] = pending
+        while len(self.pending) > self.config.pending_capacity:
+            self.pending.popitem(last=False)
+
     def _finish_classification(
         self, trace: RequestTrace, published_position: int, labels: dict[int, bool | None]
     ) -> None:
@@ -266,10 +269,7 @@ class CascadeLearner:
         request = trace.request
         assert request.label_set is not None
         steps = {s.position: s for s in trace.steps}
-        for step in trace.steps:
-            above = steps.get(step.position + 1)
-            if step.position < self.n_levels - 1 and above is not None:
-                self.class_next_cost[step.position].update(above.cost_usd)
+        self._update_next_costs(steps, self.class_next_cost)
         if 0 in steps:
             self.class_level1_cost.update(steps[0].cost_usd)
         for step in trace.steps:
@@ -294,17 +294,15 @@ class CascadeLearner:
                 if self.config.drift and self.answer0_drift.update(float(not right0)):
                     self.answer0.restart_exploration(self.config.drift_share)
         if published_position == -1:
-            self.pending[request.id] = Pending(
+            self._remember(request.id, Pending(
                 trace.features, -1, True, trace.confidence or 0.0,
                 min(1.0, max(trace.p_answer0, 1e-3)), labels.get(-1) is not None,
-            )  # fmt: skip
+            ))  # fmt: skip
         elif (published := steps.get(published_position)) and published.decision is not None:
-            self.pending[request.id] = Pending(
+            self._remember(request.id, Pending(
                 trace.features, published_position, True, published.score,
                 min(1.0, max(published.p_act_accept, 1e-3)), published.right is not None,
-            )  # fmt: skip
-        while len(self.pending) > self.config.pending_capacity:
-            self.pending.popitem(last=False)
+            ))  # fmt: skip
 
     def _update_policy(
         self,
@@ -354,7 +352,8 @@ class CascadeLearner:
             try_loss, p_obs, label, weight = None, 1.0, None, 0.0
         self.gate.update_losses(trace.p_level1, try_loss, skip_loss, min(1.0, max(p_obs, 1e-3)))
         if label is not None:
-            predicted = self.router.predict_features(trace.features)
+            # The prediction made at plan time: no update has happened since.
+            predicted = trace.p_level1
             self.router.model.learn_one(trace.features, label, w=weight)
             self.router.n_learned += 1
             if self.config.drift and self.gate_drift.update(float((predicted >= 0.5) != label)):
