@@ -139,3 +139,25 @@ def test_learning_cascade_with_exemplar_memory_on_the_real_models(
     clone = CascadeLearner(learning, len(levels))
     clone.load_state_dict(json.loads(json.dumps(learner.state_dict())))
     assert clone.state_dict() == learner.state_dict()
+
+
+def test_a_real_model_classifies_a_request_with_a_label_set(
+    config: AppConfig, pool: BackendPool
+) -> None:
+    """Level.classify on the real 0.5B model: its votes parse to labels of the set."""
+    from streamcascade.cascade.level import Level
+    from streamcascade.schemas import CodeRequest
+
+    level_config = config.levels[0].model_copy(update={"k_solutions": 3, "temperature": 0.7})
+    request = CodeRequest(
+        id="review-1",
+        prompt="Is this Python function correct?\n\ndef add(a, b):\n    return a + b\n",
+        label_set=["correct", "incorrect"],
+    )
+    with Sandbox(config.sandbox) as sandbox:
+        level = Level(1, level_config, pool.get(level_config.backend), sandbox)
+        outcome = level.classify(request)
+    attempt = outcome.attempt
+    assert outcome.label in request.label_set  # type: ignore[operator]
+    assert attempt.n_solutions == 3 and attempt.tokens_in > 20 and attempt.tokens_out > 0
+    assert attempt.score in (1 / 3, 2 / 3, 1.0) and attempt.cost_usd > 0
