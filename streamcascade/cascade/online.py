@@ -12,6 +12,7 @@ from typing import Literal
 from streamcascade.cascade.engine import build_answer
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.evaluation import grade_many
+from streamcascade.learning.budget import Arm, Shape
 from streamcascade.learning.imitation import agreement, probe_calls
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.sandbox import Sandbox
@@ -76,16 +77,24 @@ class Labeler:
         pooled tests labels nothing."""
         if self.uses_reference(request):
             return {p: self.reference(request, o.code) for p, o in outcomes.items()}
-        tests = pool_tests([o.tests for o in outcomes.values()])
-        higher = outcomes[highest]
-        if higher.attempt.n_tests > 0 and higher.attempt.score < 1.0:
-            # The higher answer fails tests of its own: it is no teacher.
-            return {p: None for p in outcomes if p != highest}
         return {
-            p: self.imitation(request, o.code, higher.code, tests)
+            p: self.label_code(request, o.code, outcomes, highest)
             for p, o in outcomes.items()
             if p != highest
         }
+
+    def label_code(
+        self, request: CodeRequest, code: str, outcomes: dict[int, LevelOutcome], highest: int
+    ) -> bool | None:
+        """Whether `code` is right, by reference tests or by the highest level's answer."""
+        if self.uses_reference(request):
+            return self.reference(request, code)
+        higher = outcomes[highest]
+        if higher.attempt.n_tests > 0 and higher.attempt.score < 1.0:
+            # The higher answer fails tests of its own: it is no teacher.
+            return None
+        tests = pool_tests([o.tests for o in outcomes.values()])
+        return self.imitation(request, code, higher.code, tests)
 
 
 class OnlineCascadeEngine:
@@ -116,9 +125,21 @@ class OnlineCascadeEngine:
         explored: list[int] = []
         published: int | None = None
         highest = start
+        trace.reference_labels = self.labeler.uses_reference(request)
+        sweep: tuple[int, dict[Shape, LevelOutcome]] | None = None
         for position in range(start, top + 1):
             level = self.levels[position]
-            outcome = level.attempt(request, exemplars if position < top else ())
+            shown = exemplars if position < top else ()
+            arms = learner.arms_at(position)
+            arm: tuple[int, Arm] | None = None
+            if arms is not None and arms.validating:
+                sweep = (position, level.sweep(request, shown, arms.shapes))
+                outcome = sweep[1][arms.widest]
+            elif arms is not None:
+                arm = arms.pull()
+                outcome = level.attempt(request, shown, arm[1])
+            else:
+                outcome = level.attempt(request, shown)
             outcomes[position] = outcome
             highest = position
             cost = outcome.attempt.cost_usd
@@ -128,7 +149,13 @@ class OnlineCascadeEngine:
                 if published is None:
                     published = position
             else:
-                decision = learner.decide(trace, position, _decision_score(outcome), cost)
+                score = _decision_score(outcome)
+                if sweep is not None and sweep[0] == position:
+                    decision = learner.decide_sweep(trace, position, score, cost)
+                elif arm is not None:
+                    decision = learner.decide_arm(trace, position, score, cost, *arm)
+                else:
+                    decision = learner.decide(trace, position, score, cost)
                 accepted = decision.accept
                 outcome = LevelOutcome(
                     outcome.attempt.model_copy(
@@ -148,6 +175,10 @@ class OnlineCascadeEngine:
                 break
         assert published is not None
         labels = self.labeler.labels(request, outcomes, highest)
+        if sweep is not None:
+            row = self._validation_row(request, sweep, outcomes, labels, highest, published)
+            if row is not None and learner.arms is not None:
+                learner.arms.record_validation(row)
         answer_outcome = outcomes[published]
         top_tested = (
             published == top
@@ -167,6 +198,45 @@ class OnlineCascadeEngine:
             skipped_levels=[self.levels[0].index] if start > 0 else [],
             p_level1=trace.p_level1,
         )
+
+    def _validation_row(
+        self,
+        request: CodeRequest,
+        sweep: tuple[int, dict[Shape, LevelOutcome]],
+        outcomes: dict[int, LevelOutcome],
+        labels: dict[int, bool | None],
+        highest: int,
+        published: int,
+    ) -> dict[Arm, tuple[bool, float]] | None:
+        """Every arm's outcome on this request, from one sweep: its own answer
+        when its threshold accepts, else what the levels above did (right, and
+        cost from this level up). None when some answer has no label."""
+        position, by_shape = sweep
+        assert self.learner.arms is not None
+        above_cost_usd = sum(o.attempt.cost_usd for p, o in outcomes.items() if p > position)
+        above_right = labels.get(published)
+        if above_right is None and published == highest and labels.get(position) is not None:
+            above_right = True  # an imitation teacher: it labelled this level, so it is tested
+        if above_right is None:
+            return None
+        right_of: dict[str, bool | None] = {}
+        for outcome in by_shape.values():
+            if outcome.code not in right_of:
+                right_of[outcome.code] = outcome.code.strip() != "" and self.labeler.label_code(
+                    request, outcome.code, outcomes, highest
+                )
+        row: dict[Arm, tuple[bool, float]] = {}
+        for arm in self.learner.arms.grid:
+            outcome = by_shape[(arm.k_solutions, arm.t_test_generations, arm.max_test_lines)]
+            cost_usd = outcome.attempt.cost_usd
+            if _decision_score(outcome) >= arm.threshold:
+                right = right_of[outcome.code]
+                if right is None:
+                    return None
+                row[arm] = (right, cost_usd)
+            else:
+                row[arm] = (above_right, cost_usd + above_cost_usd)
+        return row
 
     def _classify_one(self, request: CodeRequest) -> CascadeAnswer:
         """Level 0 answers when its policy trusts its confidence; otherwise the

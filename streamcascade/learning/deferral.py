@@ -38,7 +38,7 @@ STATE_VERSION = 2
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01)
 
 
-def _json_rng_state(state: tuple[Any, ...]) -> list[Any]:
+def json_rng_state(state: tuple[Any, ...]) -> list[Any]:
     """random.Random's state as JSON-native lists (a snapshot is JSON)."""
     version, internal, gauss = state
     return [version, list(internal), gauss]
@@ -223,7 +223,7 @@ class HedgeThresholdPolicy:
             "explore_min": self.explore_min,
             "log_weights": list(self.log_weights),
             "n_updates": self.n_updates,
-            "rng": _json_rng_state(self._rng.getstate()),
+            "rng": json_rng_state(self._rng.getstate()),
         }
 
     @classmethod

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamcascade.config import LearningConfig
-from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
+from streamcascade.learning.budget import Arm, LevelArms
+from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy, json_rng_state
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Classifier, Level0Router
@@ -32,7 +34,7 @@ from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _MAX_SAMPLE_WEIGHT = 5.0  # caps an importance weight used as an SGD sample weight
 _MU_RANGE = (1e-6, 1e9)
 
@@ -62,6 +64,10 @@ class LevelStep:
     p_act_accept: float
     cost_usd: float
     right: bool | None = None  # its label, when one is known
+    kind: Literal["policy", "arm", "sweep"] = "policy"
+    """Who decided: the Hedge policy, a budget arm, or nobody (a validation sweep,
+    which always goes up)."""
+    arm_index: int | None = None
 
 
 @dataclass
@@ -84,6 +90,8 @@ class RequestTrace:
     answer0: Decision | None = None
     p_answer0: float = 0.0
     teacher_label: str | None = None  # the label the highest level (or the reference) gave
+    reference_labels: bool = False
+    """Labels come from reference tests, so every level's label is seen."""
 
 
 @dataclass
@@ -126,6 +134,10 @@ class CascadeLearner:
         self.answer0_drift = DriftMonitor(config.drift_delta)
         self.n_answered0 = 0
         self.memory = ExemplarMemory(config.memory, self.router.featurizer)
+        # The budget heuristic's arms, on one level, when configured.
+        arms_on = config.arms.enabled and config.arms.position < n_levels - 1
+        self.arms = LevelArms(config.arms) if arms_on else None
+        self._arms_rng = random.Random(seed + 4000)
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.n_requests = 0
         self.n_feedback = 0
@@ -196,6 +208,45 @@ class CascadeLearner:
         trace.steps.append(LevelStep(position, score, decision, p_act_accept, cost_usd))
         return decision
 
+    def arms_at(self, position: int) -> LevelArms | None:
+        """The budget arms that run the level at `position`, if any."""
+        if self.arms is not None and self.config.arms.position == position:
+            return self.arms
+        return None
+
+    def decide_arm(
+        self,
+        trace: RequestTrace,
+        position: int,
+        score: float,
+        cost_usd: float,
+        arm_index: int,
+        arm: Arm,
+    ) -> Decision:
+        """The arm's threshold decides; an accepted answer is still sent up for a
+        label with probability `label_share` (it stays the published answer)."""
+        share = self.config.arms.label_share
+        would_accept = score >= arm.threshold
+        explored = would_accept and self._arms_rng.random() < share
+        if explored:
+            self.n_explored += 1
+        decision = Decision(would_accept and not explored, would_accept, arm.threshold,
+                            explored, share)  # fmt: skip
+        trace.steps.append(
+            LevelStep(
+                position, score, decision, float(would_accept), cost_usd, None, "arm", arm_index
+            )
+        )
+        return decision
+
+    def decide_sweep(
+        self, trace: RequestTrace, position: int, score: float, cost_usd: float
+    ) -> Decision:
+        """A validation sweep never answers: the level above must label every arm."""
+        decision = Decision(False, False, 1.01, False, 0.0)  # 1.01: above every score
+        trace.steps.append(LevelStep(position, score, decision, 0.0, cost_usd, None, "sweep"))
+        return decision
+
     def record_top(self, trace: RequestTrace, score: float, cost_usd: float) -> None:
         trace.steps.append(LevelStep(self.n_levels - 1, score, None, 1.0, cost_usd))
 
@@ -227,10 +278,16 @@ class CascadeLearner:
         if 0 in steps and 1 in steps:
             self.above_level1_cost.update(sum(s.cost_usd for s in trace.steps if s.position >= 1))
         for step in trace.steps:
-            if step.decision is not None:
+            if step.decision is None:
+                continue
+            if step.kind == "policy":
                 self._update_policy(step)
+            elif step.kind == "arm":
+                self._update_arm(trace, step, labels, published_position)
         if self.use_gate and trace.gate is not None and trace.p_level1 is not None:
-            self._update_gate(trace, steps.get(0))
+            first = steps.get(0)
+            # A validation sweep says nothing about what level 1 would have done.
+            self._update_gate(trace, first if first is None or first.kind != "sweep" else None)
         self._update_budget(trace)
         published = steps[published_position]
         if published.decision is not None:
@@ -328,6 +385,41 @@ class CascadeLearner:
             log.info("drift at level position %d: exploration restarts", step.position)
             policy.restart_exploration(self.config.drift_share)
 
+    def _update_arm(
+        self,
+        trace: RequestTrace,
+        step: LevelStep,
+        labels: dict[int, bool | None],
+        published_position: int,
+    ) -> None:
+        """The arm's round: what the cascade from this level up cost, and an
+        unbiased estimate of whether its answer was right."""
+        assert self.arms is not None and step.decision is not None and step.arm_index is not None
+        decision = step.decision
+        right: float | None
+        above_usd = sum(s.cost_usd for s in trace.steps if s.position > step.position)
+        extra_usd = 0.0
+        if decision.would_accept:
+            # The arm's answer; a label arrives always with reference labels,
+            # else only when it was also sent up (probability label_share).
+            cost_usd = step.cost_usd
+            extra_usd = above_usd  # the label's price: the budget pays it, the arm does not
+            p_seen = 1.0 if trace.reference_labels else decision.p_explore
+            if step.right is not None:
+                right = float(step.right) / p_seen
+            elif decision.explored or trace.reference_labels:
+                right = None  # it went up, but nothing could label it
+            else:
+                right = 0.0  # unseen: counts as 0, which the 1/p above balances
+        else:
+            cost_usd = step.cost_usd + above_usd
+            above = labels.get(published_position)
+            highest = max(s.position for s in trace.steps)
+            if above is None and published_position == highest and step.right is not None:
+                above = True  # an imitation teacher: it labelled this level, so it is tested
+            right = None if above is None else float(above)
+        self.arms.update(step.arm_index, right, cost_usd, extra_usd)
+
     def _update_gate(self, trace: RequestTrace, first: LevelStep | None) -> None:
         assert trace.gate is not None and trace.p_level1 is not None
         skip_loss = self._loss_cost(self.above_level1_cost.value)
@@ -387,13 +479,25 @@ class CascadeLearner:
             self.n_feedback_unmatched += 1
             log.warning("feedback for unknown or expired answer %s: not learned", feedback.id)
             return False
-        policy = self.policies[pending.position]
-        # Only the accepting side is seen: the answer was published because it accepted.
-        policy.update_losses(pending.score, float(not feedback.passed), None, pending.p_published)
-        if pending.position == 0:
-            self.router.model.learn_one(pending.features, feedback.passed)
-            self.router.n_learned += 1
-        if self.config.drift and self.drift[pending.position].update(float(not feedback.passed)):
+        wrong = float(not feedback.passed)
+        if pending.classification:
+            # Level 0's own label, or an LLM level's vote, on a classification request.
+            if pending.position == -1:
+                policy, monitor = self.answer0, self.answer0_drift
+            else:
+                policy = self.class_policies[pending.position]
+                monitor = self.class_drift[pending.position]
+            policy.update_losses(pending.score, wrong, None, pending.p_published)
+        else:
+            policy, monitor = self.policies[pending.position], self.drift[pending.position]
+            # A level run by budget arms decides by its arm's threshold, not this policy.
+            if self.arms_at(pending.position) is None:
+                # Only the accepting side is seen: it was published because it accepted.
+                policy.update_losses(pending.score, wrong, None, pending.p_published)
+            if pending.position == 0:
+                self.router.model.learn_one(pending.features, feedback.passed)
+                self.router.n_learned += 1
+        if self.config.drift and monitor.update(wrong):
             policy.restart_exploration(self.config.drift_share)
         return True
 
@@ -420,6 +524,8 @@ class CascadeLearner:
             "class_level1_cost": [self.class_level1_cost.value, self.class_level1_cost.n],
             "class_drift": [d.state_dict() for d in self.class_drift],
             "answer0_drift": self.answer0_drift.state_dict(),
+            "arms": self.arms.state_dict() if self.arms is not None else None,
+            "arms_rng": json_rng_state(self._arms_rng.getstate()),
             "counters": {
                 "n_requests": self.n_requests,
                 "n_feedback": self.n_feedback,
@@ -463,5 +569,11 @@ class CascadeLearner:
         self.class_level1_cost.n = int(state["class_level1_cost"][1])
         self.class_drift = [DriftMonitor.from_state_dict(d) for d in state["class_drift"]]
         self.answer0_drift = DriftMonitor.from_state_dict(state["answer0_drift"])
+        if self.arms is not None:
+            self.arms = LevelArms(self.config.arms)
+            if state["arms"] is not None:
+                self.arms.load_state_dict(state["arms"])
+        version, internal, gauss = state["arms_rng"]
+        self._arms_rng.setstate((version, tuple(internal), gauss))
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
