@@ -60,10 +60,8 @@ def _records(args: argparse.Namespace) -> Iterator[_Record]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamcascade.cascade import CascadeEngine
-    from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
+    from streamcascade.cascade.build import build_engine
     from streamcascade.evaluation import grade_answer
-    from streamcascade.learning.learner import CascadeLearner
     from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
     from streamcascade.sandbox import Sandbox
@@ -79,18 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
     with Sandbox(config.sandbox) as sandbox:
-        fixed = CascadeEngine.from_config(config, sandbox)
-        engine: CascadeEngine | OnlineCascadeEngine = fixed
+        built = build_engine(config, sandbox, args.learn)
+        engine, learner = built.engine, built.learner
         store = SnapshotStore(Path(args.state_dir)) if args.state_dir else None
-        learner: CascadeLearner | None = None
-        if config.learning.enabled or args.learn:
-            learner = CascadeLearner(config.learning, len(fixed.levels))
-            state = store.load() if store else None
-            if state is not None:
-                learner.load_state_dict(state)
-                log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
-            labeler = Labeler(sandbox, config.learning.labels, config.learning.max_probes)
-            engine = OnlineCascadeEngine(fixed.levels, learner, labeler)
+        state = store.load() if store and learner else None
+        if learner and state is not None:
+            learner.load_state_dict(state)
+            log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
         total = args.limit if args.limit is not None else None
         for record in _progress(_records(args), "requests", not args.no_progress, total):
             if record.dead_letter is not None:
@@ -315,6 +308,91 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_config(args: argparse.Namespace) -> Any:
+    config = load_config(Path(args.config) if args.config else None)
+    if getattr(args, "bootstrap_servers", None):
+        kafka = config.kafka.model_copy(update={"bootstrap_servers": [args.bootstrap_servers]})
+        config = config.model_copy(update={"kafka": kafka})
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from streamcascade.cascade.build import build_engine
+    from streamcascade.sandbox import Sandbox
+    from streamcascade.service.worker import CascadeService
+
+    config = _kafka_config(args)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
+    with Sandbox(config.sandbox) as sandbox:
+        built = build_engine(config, sandbox, args.learn)
+        service = CascadeService(config.kafka, built.engine, built.learner)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: service.stop())
+        stats = service.run()
+    print(stats.line(), file=sys.stderr)
+    return 0
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    from streamcascade.service.tools import feed
+
+    config = _kafka_config(args)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if args.input:
+        with Path(args.input).open("rb") as handle:
+            values = [line.rstrip(b"\r\n") for line in handle if line.strip()]
+    else:
+        source = _connector("streamcascade.sources", "humaneval", limit=args.limit)
+        values = [
+            r.request.model_dump_json().encode() for r in source.records() if r.request is not None
+        ]
+    if args.limit is not None:
+        values = values[: args.limit]
+    n_sent = feed(config.kafka, values, args.topic)
+    print(f"{n_sent} records sent to {args.topic or config.kafka.topics.requests}", file=sys.stderr)
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    from streamcascade.service.tools import follow
+
+    config = _kafka_config(args)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    topic = args.topic or config.kafka.topics.answers
+    idle = None if args.idle_timeout_s <= 0 else args.idle_timeout_s
+    for record in follow(config.kafka, topic, not args.latest, idle, args.count):
+        value = (record.value or b"").decode("utf-8", errors="replace")
+        if topic == config.kafka.topics.deadletter:
+            headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers.items()}
+            value = json.dumps({"value": value, **headers})
+        print(value, flush=True)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streamcascade.service.broker import LocalKafka
+
+    broker = LocalKafka(Path(args.dir), port=args.port, heap_mb=args.heap_mb)
+    done = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: done.set())
+    broker.start()
+    print(f"Kafka at {broker.bootstrap_servers} (data in {args.dir}); Ctrl-C stops it", flush=True)
+    try:
+        while not done.wait(1.0):
+            if broker.process is None or broker.process.poll() is not None:
+                print("Kafka exited; see " + str(broker.log_path), file=sys.stderr)
+                return 1
+    finally:
+        broker.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamcascade", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -369,6 +447,36 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--runs", type=int, default=5)
     perf.add_argument("--config", help="YAML config (for the cache dir)")
     perf.set_defaults(func=cmd_perf)
+
+    serve = sub.add_parser("serve", help="the Kafka service: requests in, answers out")
+    serve.add_argument("--config", help="YAML config with a kafka section (configs/kafka.yaml)")
+    serve.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    serve.add_argument("--learn", action="store_true", help="learn while serving")
+    serve.set_defaults(func=cmd_serve)
+
+    feed_parser = sub.add_parser("feed", help="send a JSONL file or bundled HumanEval to Kafka")
+    feed_parser.add_argument("--config", help="YAML config with a kafka section")
+    feed_parser.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    feed_parser.add_argument("--input", help="a JSONL file; each line is sent as it is")
+    feed_parser.add_argument("--limit", type=int, help="first N records only")
+    feed_parser.add_argument("--topic", help="default: the requests topic")
+    feed_parser.set_defaults(func=cmd_feed)
+
+    follow_parser = sub.add_parser("follow", help="print a topic's records (default: answers)")
+    follow_parser.add_argument("--config", help="YAML config with a kafka section")
+    follow_parser.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    follow_parser.add_argument("--topic", help="default: the answers topic")
+    follow_parser.add_argument("--latest", action="store_true", help="only new records")
+    follow_parser.add_argument("--count", type=int, help="stop after N records")
+    follow_parser.add_argument("--idle-timeout-s", type=float, default=0.0,
+                               help="stop after this long without a record (0: never)")  # fmt: skip
+    follow_parser.set_defaults(func=cmd_follow)
+
+    kafka = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft) on 127.0.0.1")
+    kafka.add_argument("--dir", default="kafka-data", help="its data and logs")
+    kafka.add_argument("--port", type=int, default=9092)
+    kafka.add_argument("--heap-mb", type=int, default=512)
+    kafka.set_defaults(func=cmd_kafka)
 
     models = sub.add_parser("models", help="fetch and verify model files into the cache")
     models.add_argument("names", nargs="*", help="registry names (default: all)")

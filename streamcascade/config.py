@@ -216,6 +216,68 @@ class LearningConfig(BaseModel):
         return self
 
 
+class TopicsConfig(BaseModel):
+    """The service's topics."""
+
+    model_config = _FROZEN
+    requests: str = "code.requests"
+    answers: str = "code.answers"
+    feedback: str = "code.feedback"
+    deadletter: str = "code.deadletter"
+    state: str = Field(
+        default="streamcascade.state", description="Compacted: the latest learner snapshot."
+    )
+
+
+KafkaClientValue = str | int | float | bool
+
+
+class KafkaConfig(BaseModel):
+    """`streamcascade serve`: a consumer group on Kafka (issue 4)."""
+
+    model_config = _FROZEN
+    bootstrap_servers: list[str] = Field(default=["127.0.0.1:9092"], min_length=1)
+    group_id: str = Field(default="streamcascade", min_length=1)
+    instance_id: str | None = Field(
+        default=None,
+        description="Stable per replica (its transactional id and its learning group derive "
+        "from it); None = hostname and process id.",
+    )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="at_least_once: offsets are committed after the broker acknowledged the "
+        "answers; exactly_once: answers and offsets commit in one transaction.",
+    )
+    topics: TopicsConfig = TopicsConfig()
+    create_topics: bool = Field(default=True, description="Create missing topics at start.")
+    partitions: int = Field(default=4, ge=1, description="For topics this service creates.")
+    replication_factor: int = Field(default=1, ge=1)
+    max_in_flight: int = Field(
+        default=16, ge=1, description="Requests taken from Kafka and not yet committed, at most."
+    )
+    max_request_bytes: int = Field(
+        default=1_000_000, ge=1, description="Larger request records go to the dead letters."
+    )
+    poll_timeout_s: float = Field(default=0.2, gt=0)
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=1000, description="The group's liveness bound between polls."
+    )
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    snapshot_every: int = Field(
+        default=200, ge=1, description="Requests between learner snapshots to the state topic."
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="On SIGTERM: time to finish in-flight work; what is not done is handed back.",
+    )
+    client: dict[str, KafkaClientValue] = Field(
+        default_factory=dict,
+        description="Passed through to every kafka-python client: security_protocol, "
+        "sasl_mechanism, sasl_plain_username, ssl_cafile, ...",
+    )
+
+
 class AppConfig(BaseModel):
     """The whole tree, as in configs/default.yaml."""
 
@@ -224,6 +286,7 @@ class AppConfig(BaseModel):
     levels: list[LevelConfig] = Field(min_length=1)
     sandbox: SandboxConfig = SandboxConfig()
     learning: LearningConfig = LearningConfig()
+    kafka: KafkaConfig = KafkaConfig()
     model_cache_dir: Path | None = Field(
         default=None, description="Where GGUF files are cached; None = the user's cache dir."
     )

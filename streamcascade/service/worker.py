@@ -1,0 +1,545 @@
+"""`streamcascade serve`: the cascade as a consumer group on Kafka.
+
+One thread owns the Kafka clients; one worker thread runs the cascade (models
+and learner are not thread-safe, and share the CPU anyway). A poll returns at
+most `max_in_flight` requests; while the worker answers them the consumer's
+partitions are paused and it keeps polling, so a slow LLM level never makes it
+miss `max_poll_interval_ms` (no rebalance storms), and no more than that window
+is ever taken from Kafka uncommitted.
+
+Delivery:
+- at_least_once: the batch's answers and dead letters are sent and flushed
+  (acks=all, idempotent producer); only then are its offsets committed. A crash
+  in between re-delivers the batch: duplicates, never losses.
+- exactly_once: the batch's outputs and its offsets are one transaction
+  (`send_offsets_to_transaction` with the consumer's group metadata, so a
+  zombie instance is fenced); `read_committed` readers see each answer once.
+A batch whose outputs cannot be written is not committed: its partitions are
+rewound to the batch start and it is processed again.
+
+Bad input (not UTF-8, not JSON, wrong schema, oversized, unsupported language)
+and requests whose processing raised go to the dead-letter topic with the
+original bytes as the value and the reason in the headers; the service goes on.
+
+Learner snapshots go to the compacted state topic, keyed by the group id, every
+`snapshot_every` requests and at shutdown; a starting instance restores the
+latest one. Feedback records are learned from as they arrive (each instance
+reads the feedback topic with its own group).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streamcascade.config import KafkaConfig
+from streamcascade.learning.learner import CascadeLearner
+from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.service.codec import Rejected, parse_feedback, parse_request
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a learner snapshot can be large
+
+
+class Engine(Protocol):
+    def process_one(self, request: CodeRequest) -> CascadeAnswer: ...
+
+
+@dataclass
+class ServiceStats:
+    n_requests: int = 0
+    """Request records taken from Kafka (bad ones included)."""
+    n_answers: int = 0
+    n_dead_letters: int = 0
+    n_failed: int = 0
+    """Requests whose processing raised (they are dead letters too)."""
+    n_feedback: int = 0
+    n_feedback_learned: int = 0
+    n_batches: int = 0
+    n_batches_retried: int = 0
+    n_snapshots: int = 0
+    restored_from: int | None = None
+    """The snapshot's request count this instance started from."""
+    started_s: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        elapsed = max(1e-9, time.monotonic() - self.started_s)
+        return (
+            f"{self.n_requests} requests ({self.n_requests / elapsed:.1f}/s), "
+            f"{self.n_answers} answers, {self.n_dead_letters} dead letters "
+            f"({self.n_failed} failed), {self.n_feedback} feedback "
+            f"({self.n_feedback_learned} learned), {self.n_batches_retried} batches retried"
+        )
+
+
+@dataclass
+class _Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class _BatchFailed(Exception):
+    """The batch's outputs or offsets could not be written; it runs again."""
+
+
+def client_settings(config: KafkaConfig) -> dict[str, Any]:
+    """What every kafka-python client gets: the servers and the pass-through
+    settings (security and the like)."""
+    return {"bootstrap_servers": list(config.bootstrap_servers), **config.client}
+
+
+def ensure_topics(config: KafkaConfig) -> None:
+    """Create the service's topics when missing; the state topic is compacted."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    topics = config.topics
+    admin = KafkaAdminClient(**client_settings(config))
+    try:
+        existing = set(admin.list_topics())
+        wanted = []
+        for name in (topics.requests, topics.answers, topics.feedback, topics.deadletter):
+            if name not in existing:
+                wanted.append(NewTopic(name, config.partitions, config.replication_factor))
+        if topics.state not in existing:
+            wanted.append(
+                NewTopic(
+                    topics.state, 1, config.replication_factor,
+                    topic_configs={"cleanup.policy": "compact",
+                                   "max.message.bytes": str(_MAX_MESSAGE_BYTES)},
+                )
+            )  # fmt: skip
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another instance was first
+                admin.create_topics(wanted)
+            log.info("created topics %s", [t.name for t in wanted])
+    finally:
+        admin.close()
+
+
+def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
+    """The newest snapshot for this group in the state topic, or None."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        **client_settings(config),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=_MAX_MESSAGE_BYTES,
+        fetch_max_bytes=_MAX_MESSAGE_BYTES,
+    )
+    try:
+        partitions = consumer.partitions_for_topic(config.topics.state) or set()
+        assigned = [TopicPartition(config.topics.state, p) for p in partitions]
+        if not assigned:
+            return None
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        end = consumer.end_offsets(assigned)
+        latest: bytes | None = None
+        key = config.group_id.encode()
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in assigned):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {config.topics.state} took over 60 s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.key == key:
+                        latest = record.value  # None: a tombstone
+        if latest is None:
+            return None
+        snapshot: dict[str, Any] = json.loads(latest)
+        return snapshot
+    finally:
+        consumer.close()
+
+
+class CascadeService:
+    """Consumes requests and feedback, publishes answers and dead letters.
+
+    >>> service = CascadeService(config.kafka, engine, learner)  # doctest: +SKIP
+    >>> service.run()  # until service.stop(), e.g. from a SIGTERM handler  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        engine: Engine,
+        learner: CascadeLearner | None = None,
+        on_batch: Callable[[ServiceStats], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.learner = learner
+        self.instance_id = config.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = ServiceStats()
+        self._stop = threading.Event()
+        self._stop_at: float | None = None
+        self._on_batch = on_batch
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cascade")
+        self._since_snapshot = 0
+        self._carried: dict[Any, list[Any]] = {}
+        self._consumer: Any = None
+        self._feedback: Any = None
+        self._producer: Any = None
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.config.delivery == "exactly_once"
+
+    def stop(self) -> None:
+        """Finish the batch in hand (within shutdown_timeout_s), then leave."""
+        if not self._stop.is_set():
+            self._stop_at = time.monotonic()
+            self._stop.set()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> ServiceStats:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        config = self.config
+        settings = client_settings(config)
+        if config.create_topics:
+            ensure_topics(config)
+        self._restore()
+        self._consumer = KafkaConsumer(
+            **settings,
+            group_id=config.group_id,
+            client_id=f"{self.instance_id}-requests",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=config.max_in_flight,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(500, config.session_timeout_ms // 4),
+        )
+        self._consumer.subscribe([config.topics.requests])
+        # Its own group per instance (for its committed offsets): every replica
+        # sees every feedback record.
+        self._feedback = KafkaConsumer(
+            **settings,
+            group_id=f"{config.group_id}.feedback.{self.instance_id}",
+            client_id=f"{self.instance_id}-feedback",
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            isolation_level="read_committed",
+            max_poll_records=500,
+        )
+        # Assigned, not subscribed: no group rebalances to wait for, and the
+        # starting position ("latest" for a new instance) is fixed right now.
+        from kafka import TopicPartition
+
+        feedback_topic = config.topics.feedback
+        partitions = self._feedback.partitions_for_topic(feedback_topic) or set()
+        self._feedback.assign([TopicPartition(feedback_topic, p) for p in sorted(partitions)])
+        for partition in self._feedback.assignment():
+            self._feedback.position(partition)
+        producer_settings: dict[str, Any] = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "max_request_size": _MAX_MESSAGE_BYTES,
+            "client_id": f"{self.instance_id}-producer",
+        }
+        if self.exactly_once:
+            # Stable per instance: a restarted instance fences its own zombie.
+            producer_settings["transactional_id"] = f"{config.group_id}.{self.instance_id}"
+        self._producer = KafkaProducer(**settings, **producer_settings)
+        if self.exactly_once:
+            self._producer.init_transactions()
+        log.info(
+            "serving %s -> %s as %s in group %s (%s)",
+            config.topics.requests,
+            config.topics.answers,
+            self.instance_id,
+            config.group_id,
+            config.delivery,
+        )
+        try:
+            while not self._stop.is_set():
+                self._learn_from_feedback()
+                batch = self._carried or self._consumer.poll(
+                    timeout_ms=int(1000 * config.poll_timeout_s)
+                )
+                self._carried = {}
+                if batch:
+                    self._handle(batch)
+                if self.learner is not None and self._since_snapshot >= config.snapshot_every:
+                    self._snapshot()
+            if self.learner is not None and self._since_snapshot:
+                self._snapshot()
+        finally:
+            self._close()
+        log.info("stopped: %s", self.stats.line())
+        return self.stats
+
+    def _close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        for client in (self._consumer, self._feedback):
+            if client is not None:
+                try:
+                    client.close()  # leaves the group: its partitions are handed back now
+                except Exception:  # closing must not hide the original error
+                    log.exception("closing a consumer failed")
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=10)
+            except Exception:
+                log.exception("closing the producer failed")
+
+    # -- requests ----------------------------------------------------------------
+
+    def _handle(self, batch: dict[Any, list[Any]]) -> None:
+        """Answer one polled batch and commit it, or rewind it on failure."""
+        from kafka import OffsetAndMetadata
+
+        outputs: list[_Output] = []
+        jobs: list[tuple[Any, CodeRequest, Future[CascadeAnswer]]] = []
+        first: dict[Any, int] = {}
+        offsets: dict[Any, Any] = {}
+        for partition, records in batch.items():
+            for record in records:
+                first.setdefault(partition, record.offset)
+                offsets[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
+                self.stats.n_requests += 1
+                parsed = parse_request(record.value, self.config.max_request_bytes)
+                if isinstance(parsed, Rejected):
+                    outputs.append(self._dead_letter(record, parsed.reason, parsed.error_type))
+                else:
+                    jobs.append((record, parsed, self._worker.submit(self._answer, parsed)))
+        if not self._wait_for(jobs):
+            log.warning("stopping with %d requests unanswered: handed back uncommitted", len(jobs))
+            return
+        n_answers = n_failed = 0
+        for record, request, job in jobs:
+            error = job.exception()
+            if error is None:
+                answer = job.result()
+                outputs.append(
+                    _Output(self.config.topics.answers, request.id.encode(),
+                            answer.model_dump_json().encode(), self._headers())
+                )  # fmt: skip
+                n_answers += 1
+            else:
+                log.warning("request %s failed: %r", request.id, error)
+                outputs.append(self._dead_letter(record, f"processing failed: {error}",
+                                                 type(error).__name__))  # fmt: skip
+                n_failed += 1
+        try:
+            self._write(outputs, offsets)
+        except _BatchFailed as error:
+            self.stats.n_batches_retried += 1
+            log.warning("batch not committed (%s): it runs again", error)
+            self._rewind(first)
+            return
+        self.stats.n_answers += n_answers
+        self.stats.n_failed += n_failed
+        self.stats.n_dead_letters += len(outputs) - n_answers
+        self.stats.n_batches += 1
+        self._since_snapshot += len(jobs)
+        if self._on_batch is not None:
+            self._on_batch(self.stats)
+
+    def _answer(self, request: CodeRequest) -> CascadeAnswer:
+        return self.engine.process_one(request)
+
+    def _wait_for(self, jobs: list[tuple[Any, CodeRequest, Future[CascadeAnswer]]]) -> bool:
+        """Keep polling (partitions paused) until the worker is done. False when a
+        stop's grace period ran out first."""
+        consumer = self._consumer
+        pending = [job for _, _, job in jobs]
+        paused = set(consumer.assignment())
+        consumer.pause(*paused)
+        try:
+            while not all(job.done() for job in pending):
+                if self._stop_at is not None and (
+                    time.monotonic() - self._stop_at > self.config.shutdown_timeout_s
+                ):
+                    return False
+                # Keeps the group membership alive; partitions assigned meanwhile
+                # are not paused yet, so what they return is carried to the next batch.
+                for partition, records in consumer.poll(timeout_ms=100).items():
+                    self._carried.setdefault(partition, []).extend(records)
+                fresh = set(consumer.assignment()) - paused
+                if fresh:
+                    consumer.pause(*fresh)
+                    paused |= fresh
+        finally:
+            owned = set(consumer.assignment())
+            consumer.resume(*(paused & owned))
+        return True
+
+    def _write(self, outputs: list[_Output], offsets: dict[Any, Any]) -> None:
+        from kafka.errors import KafkaError
+
+        producer, consumer = self._producer, self._consumer
+        owned = set(consumer.assignment())
+        commit = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        if self.exactly_once:
+            try:
+                producer.begin_transaction()
+                for output in outputs:
+                    producer.send(output.topic, key=output.key, value=output.value,
+                                  headers=output.headers)  # fmt: skip
+                if commit:
+                    producer.send_offsets_to_transaction(commit, consumer.group_metadata())
+                producer.commit_transaction()
+            except KafkaError as error:
+                self._abort()
+                raise _BatchFailed(repr(error)) from error
+            return
+        try:
+            futures = [
+                producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
+            ]
+            producer.flush()
+            for future in futures:
+                future.get(timeout=30)  # raises what the broker said
+        except KafkaError as error:
+            raise _BatchFailed(repr(error)) from error
+        if commit:
+            try:
+                consumer.commit(commit)
+            except KafkaError as error:
+                # Answers are out; the next owner answers these again (at least once).
+                log.warning("offset commit failed after a rebalance: %r", error)
+
+    def _abort(self) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as error:
+            log.warning("aborting the transaction failed: %r", error)
+
+    def _rewind(self, first: dict[Any, int]) -> None:
+        """Seek back to the batch's first offsets, and to what was carried."""
+        for partition, records in self._carried.items():
+            first.setdefault(partition, records[0].offset)
+        self._carried = {}
+        owned = set(self._consumer.assignment())
+        for partition, offset in first.items():
+            if partition in owned:
+                self._consumer.seek(partition, offset)
+
+    def _headers(self) -> list[tuple[str, bytes]]:
+        return [("instance", self.instance_id.encode())]
+
+    def _dead_letter(self, record: Any, reason: str, error_type: str) -> _Output:
+        """The original bytes as the value; where it came from and why, in headers."""
+        headers = [
+            ("reason", reason[:4000].encode()),
+            ("error_type", error_type.encode()),
+            ("source_topic", str(record.topic).encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode()),
+            *self._headers(),
+        ]
+        return _Output(self.config.topics.deadletter, record.key, record.value or b"", headers)
+
+    # -- feedback and state --------------------------------------------------------
+
+    def _learn_from_feedback(self) -> None:
+        from kafka.errors import KafkaError
+
+        polled = self._feedback.poll(timeout_ms=0)
+        if not polled:
+            return
+        dead: list[_Output] = []
+        feedback = []
+        for records in polled.values():
+            for record in records:
+                self.stats.n_feedback += 1
+                parsed = parse_feedback(record.value, self.config.max_request_bytes)
+                if isinstance(parsed, Rejected):
+                    dead.append(self._dead_letter(record, parsed.reason, parsed.error_type))
+                else:
+                    feedback.append(parsed)
+        if self.learner is not None and feedback:
+            learner = self.learner
+            learned = self._worker.submit(lambda: sum(learner.learn_one(f) for f in feedback))
+            self.stats.n_feedback_learned += learned.result()
+            self._since_snapshot += len(feedback)  # the state changed: the next snapshot keeps it
+        if dead:
+            try:
+                self._write_plain(dead)
+            except _BatchFailed as error:
+                log.warning("feedback dead letters not written (%s): read again", error)
+                for partition, records in polled.items():
+                    self._feedback.seek(partition, records[0].offset)
+                return
+            self.stats.n_dead_letters += len(dead)
+        try:
+            self._feedback.commit()
+        except KafkaError as error:
+            log.warning("feedback offsets not committed: %r", error)
+
+    def _write_plain(self, outputs: list[_Output]) -> None:
+        """Outputs with no offsets to commit alongside."""
+        from kafka.errors import KafkaError
+
+        producer = self._producer
+        try:
+            if self.exactly_once:
+                producer.begin_transaction()
+            futures = [
+                producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
+            ]
+            if self.exactly_once:
+                producer.commit_transaction()
+            else:
+                producer.flush()
+                for future in futures:
+                    future.get(timeout=30)
+        except KafkaError as error:
+            if self.exactly_once:
+                self._abort()
+            raise _BatchFailed(repr(error)) from error
+
+    def _restore(self) -> None:
+        if self.learner is None:
+            return
+        snapshot = read_latest_state(self.config)
+        if snapshot is None:
+            log.info("no learner snapshot in %s: starting fresh", self.config.topics.state)
+            return
+        self.learner.load_state_dict(snapshot["state"])
+        self.stats.restored_from = self.learner.n_requests
+        log.info(
+            "learner restored from %s (written by %s, %d requests seen)",
+            self.config.topics.state,
+            snapshot.get("instance"),
+            self.learner.n_requests,
+        )
+
+    def _snapshot(self) -> None:
+        learner = self.learner
+        assert learner is not None
+        state = self._worker.submit(learner.state_dict).result()
+        value = json.dumps({"instance": self.instance_id, "saved_unix_s": time.time(),
+                            "state": state}).encode()  # fmt: skip
+        output = _Output(self.config.topics.state, self.config.group_id.encode(), value,
+                         self._headers())  # fmt: skip
+        try:
+            self._write_plain([output])
+        except _BatchFailed as error:
+            log.warning("snapshot not written (%s): the next one will be", error)
+            return
+        self._since_snapshot = 0
+        self.stats.n_snapshots += 1
