@@ -299,6 +299,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
     if args.what == "sandbox":
         print(perf.sandbox_throughput().table())
+    elif args.what == "service":
+        from streamcascade.service.throughput import service_throughput
+
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+        print(service_throughput(n_requests=args.requests).table())
     else:
         from streamcascade.models import resolve_model
 
@@ -310,9 +315,13 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 def _kafka_config(args: argparse.Namespace) -> Any:
     config = load_config(Path(args.config) if args.config else None)
+    update: dict[str, Any] = {}
     if getattr(args, "bootstrap_servers", None):
-        kafka = config.kafka.model_copy(update={"bootstrap_servers": [args.bootstrap_servers]})
-        config = config.model_copy(update={"kafka": kafka})
+        update["bootstrap_servers"] = [args.bootstrap_servers]
+    if getattr(args, "instance_id", None):
+        update["instance_id"] = args.instance_id
+    if update:
+        config = config.model_copy(update={"kafka": config.kafka.model_copy(update=update)})
     return config
 
 
@@ -369,6 +378,25 @@ def cmd_follow(args: argparse.Namespace) -> int:
             value = json.dumps({"value": value, **headers})
         print(value, flush=True)
     return 0
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from streamcascade.service.faults import HEADER, fault_table
+
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    runs = [(s, d) for s in args.scenario for d in args.delivery]
+    work_dir = (
+        Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="streamcascade-faults-"))
+    )
+    print(HEADER, flush=True)
+    reports = fault_table(work_dir, runs, args.requests, args.kills,
+                          progress=lambda report: print(report.row(), flush=True))  # fmt: skip
+    print(f"(work dir with service and broker logs: {work_dir})", file=sys.stderr)
+    lost = sum(r.n_lost for r in reports)
+    duplicates = sum(r.n_duplicates for r in reports if r.delivery == "exactly_once")
+    return 0 if lost == 0 and duplicates == 0 else 1
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
@@ -441,8 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=cmd_bench)
 
-    perf = sub.add_parser("perf", help="speed benchmarks: sandbox throughput, backend overhead")
-    perf.add_argument("what", choices=["sandbox", "backend"])
+    perf = sub.add_parser(
+        "perf", help="speed benchmarks: sandbox, backend overhead, service throughput"
+    )
+    perf.add_argument("what", choices=["sandbox", "backend", "service"])
+    perf.add_argument("--requests", type=int, default=20_000, help="service: stream length")
     perf.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4_k_m")
     perf.add_argument("--runs", type=int, default=5)
     perf.add_argument("--config", help="YAML config (for the cache dir)")
@@ -452,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config with a kafka section (configs/kafka.yaml)")
     serve.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
     serve.add_argument("--learn", action="store_true", help="learn while serving")
+    serve.add_argument("--instance-id", help="stable per replica (default: host and pid)")
     serve.set_defaults(func=cmd_serve)
 
     feed_parser = sub.add_parser("feed", help="send a JSONL file or bundled HumanEval to Kafka")
@@ -471,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     follow_parser.add_argument("--idle-timeout-s", type=float, default=0.0,
                                help="stop after this long without a record (0: never)")  # fmt: skip
     follow_parser.set_defaults(func=cmd_follow)
+
+    faults = sub.add_parser("faults", help="fault runs on a local broker: lost and duplicated")
+    scenarios = ["sigkill", "broker-restart", "group-kill"]
+    faults.add_argument("--scenario", nargs="+", default=scenarios, choices=scenarios)
+    faults.add_argument("--delivery", nargs="+", default=["at_least_once", "exactly_once"],
+                        choices=["at_least_once", "exactly_once"])  # fmt: skip
+    faults.add_argument("--requests", type=int, default=1000)
+    faults.add_argument("--kills", type=int, default=5, help="sigkill: times the service is killed")
+    faults.add_argument("--dir", help="work dir (default: a new temp dir)")
+    faults.set_defaults(func=cmd_faults)
 
     kafka = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft) on 127.0.0.1")
     kafka.add_argument("--dir", default="kafka-data", help="its data and logs")

@@ -227,6 +227,10 @@ class TopicsConfig(BaseModel):
     state: str = Field(
         default="streamcascade.state", description="Compacted: the latest learner snapshot."
     )
+    learning: str = Field(
+        default="streamcascade.learning",
+        description="Every instance's escalation outcomes, which every other instance learns from.",
+    )
 
 
 KafkaClientValue = str | int | float | bool
@@ -270,6 +274,12 @@ class KafkaConfig(BaseModel):
         default=30.0,
         gt=0,
         description="On SIGTERM: time to finish in-flight work; what is not done is handed back.",
+    )
+    transaction_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="exactly_once: a transactional call taking longer gives up; the producer "
+        "is rebuilt (which aborts the open transaction) and the batch runs again.",
     )
     client: dict[str, KafkaClientValue] = Field(
         default_factory=dict,

@@ -340,3 +340,35 @@ def test_feedback_on_a_classification_answer_teaches_the_classification_track() 
     assert learner.answer0.log_weights != answer0
     assert learner.class_policies[0].log_weights != votes
     assert [p.log_weights for p in learner.policies] == generation
+
+
+def test_a_replica_learns_the_same_from_another_replicas_events(sandbox: Sandbox) -> None:
+    small = ScriptedBackend("small", [WRONG], [])
+    big = ScriptedBackend("big", [RIGHT], [])
+    levels = [
+        _level(1, small, sandbox, t_test_generations=0),
+        _level(2, big, sandbox, t_test_generations=0, price_in_usd_per_1m=10.0),
+    ]
+    config = LearningConfig(enabled=True, mu=1.0, seed=4, memory=MemoryConfig(enabled=True))
+    serving = CascadeLearner(config, 2)
+    events: list[str] = []
+    serving.on_event = lambda event: events.append(json.dumps(event))  # as over Kafka
+    engine = OnlineCascadeEngine(levels, serving, Labeler(sandbox, "imitation"))
+    for i in range(30):
+        engine.process_one(_double(f"e{i}", 'def double(x):\n    """Twice x."""\n'))
+    replica = CascadeLearner(config, 2)
+    for event in events:
+        replica.apply_event(json.loads(event))
+    assert replica.n_events_applied == 30
+    ours, theirs = serving.state_dict(), replica.state_dict()
+    # Acting (sampling decisions) moves random states and counters; learning is the same.
+    for key in ("mu", "router", "next_cost", "above_level1_cost", "budget_mean", "memory"):
+        assert theirs[key] == ours[key], key
+    for mine, other in zip(ours["policies"] + [ours["gate"]],
+                           theirs["policies"] + [theirs["gate"]], strict=True):  # fmt: skip
+        assert other["log_weights"] == mine["log_weights"]
+    # It remembers the other replica's answers, so Feedback on them teaches it too.
+    published_below_top = [e for e in map(json.loads, events) if e["published_position"] < 1]
+    assert published_below_top
+    request_id = published_below_top[-1]["trace"]["request"]["id"]
+    assert replica.learn_one(Feedback(id=request_id, passed=False))

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from streamcascade.cascade.build import build_engine
 from streamcascade.config import AppConfig, SandboxConfig
@@ -112,10 +116,12 @@ def running(config: AppConfig, sandbox: Sandbox, learn: bool = False) -> Iterato
     assert not errors, errors
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 120.0, about: Callable[[], object] = str
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out: {about()}"
         time.sleep(0.05)
 
 
@@ -202,3 +208,111 @@ def test_exactly_once_learns_from_feedback_and_snapshots_its_state(
     with running(config, sandbox, learn=True) as again:
         wait_for(lambda: again.stats.restored_from is not None, 30)
     assert again.stats.restored_from == n
+
+
+# -- bad input, generated -------------------------------------------------------------
+
+_GOOD = json.loads(request_json(0))
+
+
+def _bad_messages() -> st.SearchStrategy[bytes]:
+    """Records that are bad by construction, each for a reason the service names."""
+    not_utf8 = st.binary(max_size=300).map(lambda b: b"\xff" + b)
+    not_object = st.one_of(
+        st.integers(), st.floats(allow_nan=False), st.text(max_size=50), st.booleans(), st.none(),
+        st.lists(st.integers(), max_size=5),
+    ).map(lambda v: json.dumps(v).encode())  # fmt: skip
+    truncated = st.integers(0, len(request_json(0)) - 1).map(lambda n: request_json(0)[:n])
+    missing = st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k not in {"prompt", "entry_point"}),
+        st.one_of(st.text(max_size=20), st.integers()),
+        max_size=5,
+    ).map(lambda d: json.dumps(d).encode())
+    language = (
+        st.text(min_size=1, max_size=20)
+        .filter(lambda t: t != "python")
+        .map(lambda lang: json.dumps({**_GOOD, "language": lang}).encode())
+    )
+    wrong_type = st.sampled_from(["id", "prompt", "visible_tests", "entry_point"]).flatmap(
+        lambda key: st.one_of(st.integers(), st.lists(st.integers(), min_size=1)).map(
+            lambda value: json.dumps({**_GOOD, key: value}).encode()
+        )
+    )
+    bad_entry = st.from_regex(r"[0-9 \-][a-z0-9 ]{0,10}", fullmatch=True).map(
+        lambda name: json.dumps({**_GOOD, "entry_point": name}).encode()
+    )
+    oversized = st.integers(4001, 6000).map(
+        lambda n: json.dumps({**_GOOD, "prompt": "x" * n}).encode()
+    )
+    return st.one_of(
+        not_utf8, not_object, truncated, missing, language, wrong_type, bad_entry, oversized
+    )
+
+
+def test_ten_thousand_generated_bad_records_all_reach_the_dead_letters(
+    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    n_examples, n_bad_each, n_good_each = 100, 100, 2
+    config = replay_config(tmp_path, kafka, n_examples * n_good_each, max_request_bytes=4000,
+                           max_in_flight=256)  # fmt: skip
+    ensure_topics(config.kafka)
+    topics = config.kafka.topics
+    sent_bad: Counter[bytes] = Counter()
+    good_ids: list[str] = []
+
+    with running(config, sandbox) as service:
+        # No shrinking: each example is a round trip through the broker, and a
+        # failure here is the service's, which the logs explain better.
+        @settings(max_examples=n_examples, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck),
+                  phases=[Phase.explicit, Phase.generate])  # fmt: skip
+        @given(st.lists(_bad_messages(), min_size=n_bad_each, max_size=n_bad_each))
+        def feed_mixed(bad: list[bytes]) -> None:
+            # Nothing may be drawn from hypothesis after the ids are counted: a
+            # draw that overruns its buffer abandons the example midway.
+            first = len(good_ids)
+            good = [request_json(first + i) for i in range(n_good_each)]
+            mixed = bad + good
+            random.Random(first).shuffle(mixed)
+            feed(config.kafka, mixed)
+            good_ids.extend(f"t{first + i}" for i in range(n_good_each))
+            sent_bad.update(bad)
+            wait_for(lambda: service.stats.n_requests >= sum(sent_bad.values()) + len(good_ids))
+
+        feed_mixed()
+        wait_for(lambda: service.stats.n_answers + service.stats.n_dead_letters
+                 >= sum(sent_bad.values()) + len(good_ids))  # fmt: skip
+    assert sum(sent_bad.values()) == n_examples * n_bad_each
+    dead = list(follow(config.kafka, topics.deadletter, idle_timeout_s=5))
+    assert Counter(d.value or b"" for d in dead) == sent_bad
+    assert all(d.headers["reason"] and d.headers["error_type"] for d in dead)
+    answered = {
+        (r.key or b"").decode() for r in follow(config.kafka, topics.answers, idle_timeout_s=3)
+    }
+    assert answered == set(good_ids)
+    assert service.stats.n_failed == 0
+
+
+def test_two_instances_split_the_partitions_and_learn_from_each_other(
+    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    n = 60
+    config = replay_config(tmp_path, kafka, n, max_in_flight=4, snapshot_every=10**6)
+    ensure_topics(config.kafka)
+    other = config.model_copy(
+        update={"kafka": config.kafka.model_copy(update={"instance_id": "i1"})}
+    )
+    feed(config.kafka, [request_json(i) for i in range(n)])
+    with (
+        running(config, sandbox, learn=True) as first,
+        running(other, sandbox, learn=True) as second,
+    ):
+        about = lambda: (first.stats, second.stats)  # noqa: E731
+        wait_for(lambda: first.stats.n_answers + second.stats.n_answers >= n, about=about)
+        wait_for(lambda: first.stats.n_events_in + second.stats.n_events_in >= n, about=about)
+    # Both served (two partitions, two members) and each learned the other's requests.
+    assert first.stats.n_answers > 0 and second.stats.n_answers > 0
+    assert first.stats.n_events_in == second.stats.n_events_out
+    assert second.stats.n_events_in == first.stats.n_events_out
+    assert first.learner is not None and second.learner is not None
+    assert first.learner.n_requests == second.learner.n_requests == n

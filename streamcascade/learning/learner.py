@@ -21,7 +21,8 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from streamcascade.config import LearningConfig
@@ -106,6 +107,32 @@ class Pending:
     label_used: bool
 
 
+EVENT_VERSION = 1
+
+
+def _decision_from(data: dict[str, Any] | None) -> Decision | None:
+    return Decision(**data) if data is not None else None
+
+
+def trace_to_dict(trace: RequestTrace) -> dict[str, Any]:
+    """A finished request's trace as JSON: what `finish` learns from."""
+    data = asdict(trace)
+    data["request"] = trace.request.model_dump(mode="json")
+    return data
+
+
+def trace_from_dict(data: dict[str, Any]) -> RequestTrace:
+    fields = dict(data)
+    fields["request"] = CodeRequest.model_validate(data["request"])
+    fields["gate"] = _decision_from(data["gate"])
+    fields["answer0"] = _decision_from(data["answer0"])
+    fields["steps"] = [
+        LevelStep(**{**step, "decision": _decision_from(step["decision"])})
+        for step in data["steps"]
+    ]
+    return RequestTrace(**fields)
+
+
 class CascadeLearner:
     def __init__(self, config: LearningConfig, n_levels: int) -> None:
         if n_levels < 1:
@@ -145,6 +172,9 @@ class CascadeLearner:
         self.n_explored = 0
         self.n_skipped = 0
         self.last_trace: RequestTrace | None = None
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        """Called with each learning event (see `apply_event`), e.g. to share it."""
+        self.n_events_applied = 0
 
     def _new_policy(
         self, seed: int, explore: Literal["defer", "accept"] = "defer"
@@ -265,6 +295,43 @@ class CascadeLearner:
     ) -> None:
         """Learn from one request. `labels[position]` says whether that level's
         answer was right (None: no label)."""
+        self._finish(trace, published_position, labels, published_code, top_answer_tested)
+        if self.on_event is not None:
+            self.on_event(
+                {
+                    "version": EVENT_VERSION,
+                    "trace": trace_to_dict(trace),
+                    "published_position": published_position,
+                    "labels": {str(k): v for k, v in labels.items()},
+                    "published_code": published_code,
+                    "top_answer_tested": top_answer_tested,
+                }
+            )
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        """Learn what another replica learned from one of its requests (its
+        escalation outcome: every level's score, decision, cost and label), as if
+        this learner had served it; its answer is remembered for Feedback too."""
+        if event.get("version") != EVENT_VERSION:
+            raise ValueError(f"unsupported learning event version {event.get('version')!r}")
+        labels = {int(k): v for k, v in event["labels"].items()}
+        self._finish(
+            trace_from_dict(event["trace"]),
+            int(event["published_position"]),
+            labels,
+            str(event["published_code"]),
+            bool(event["top_answer_tested"]),
+        )
+        self.n_events_applied += 1
+
+    def _finish(
+        self,
+        trace: RequestTrace,
+        published_position: int,
+        labels: dict[int, bool | None],
+        published_code: str,
+        top_answer_tested: bool,
+    ) -> None:
         trace.published_position = published_position
         steps = {s.position: s for s in trace.steps}
         for step in trace.steps:

@@ -36,6 +36,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 
 from streamcascade.config import KafkaConfig
 from streamcascade.learning.learner import CascadeLearner
-from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_feedback, parse_request
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class ServiceStats:
     """Requests whose processing raised (they are dead letters too)."""
     n_feedback: int = 0
     n_feedback_learned: int = 0
+    n_events_out: int = 0
+    """Learning events this instance published for the others."""
+    n_events_in: int = 0
+    """Other instances' learning events applied here."""
     n_batches: int = 0
     n_batches_retried: int = 0
     n_snapshots: int = 0
@@ -94,6 +99,34 @@ class _BatchFailed(Exception):
     """The batch's outputs or offsets could not be written; it runs again."""
 
 
+class _Stuck(Exception):
+    """A Kafka call did not return in time."""
+
+
+def _bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Run a blocking client call with a time limit. kafka-python waits without
+    one on transactional calls, and one can hang for good after the broker
+    restarts (its cached coordinator is never refreshed); a daemon thread is
+    left behind then, never the service."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as error:
+            box["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise _Stuck(f"{what} took over {timeout_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def client_settings(config: KafkaConfig) -> dict[str, Any]:
     """What every kafka-python client gets: the servers and the pass-through
     settings (security and the like)."""
@@ -114,6 +147,9 @@ def ensure_topics(config: KafkaConfig) -> None:
         for name in (topics.requests, topics.answers, topics.feedback, topics.deadletter):
             if name not in existing:
                 wanted.append(NewTopic(name, config.partitions, config.replication_factor))
+        if topics.learning not in existing:
+            # One partition: every instance applies the events in the same order.
+            wanted.append(NewTopic(topics.learning, 1, config.replication_factor))
         if topics.state not in existing:
             wanted.append(
                 NewTopic(
@@ -194,7 +230,12 @@ class CascadeService:
         self._since_snapshot = 0
         self._carried: dict[Any, list[Any]] = {}
         self._consumer: Any = None
-        self._feedback: Any = None
+        self._inbox: Any = None
+        # Set on the worker thread by the learner, drained here after each batch.
+        self._events: list[dict[str, Any]] = []
+        # Tells this process's own learning events apart from those of an
+        # earlier run of the same instance, which a restored snapshot may lack.
+        self._session = uuid.uuid4().hex
         self._producer: Any = None
 
     @property
@@ -210,13 +251,13 @@ class CascadeService:
     # -- lifecycle ---------------------------------------------------------------
 
     def run(self) -> ServiceStats:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaConsumer
 
         config = self.config
         settings = client_settings(config)
         if config.create_topics:
             ensure_topics(config)
-        self._restore()
+        restored_offsets = self._restore()
         self._consumer = KafkaConsumer(
             **settings,
             group_id=config.group_id,
@@ -231,38 +272,40 @@ class CascadeService:
         )
         self._consumer.subscribe([config.topics.requests])
         # Its own group per instance (for its committed offsets): every replica
-        # sees every feedback record.
-        self._feedback = KafkaConsumer(
+        # sees every feedback record and every other replica's learning events.
+        # Assigned, not subscribed: no group rebalances to wait for, and the
+        # starting position ("latest" for a new instance) is fixed right now.
+        self._inbox = KafkaConsumer(
             **settings,
-            group_id=f"{config.group_id}.feedback.{self.instance_id}",
-            client_id=f"{self.instance_id}-feedback",
+            group_id=f"{config.group_id}.learn.{self.instance_id}",
+            client_id=f"{self.instance_id}-learn",
             enable_auto_commit=False,
             auto_offset_reset="latest",
             isolation_level="read_committed",
             max_poll_records=500,
+            max_partition_fetch_bytes=_MAX_MESSAGE_BYTES,
         )
-        # Assigned, not subscribed: no group rebalances to wait for, and the
-        # starting position ("latest" for a new instance) is fixed right now.
         from kafka import TopicPartition
 
-        feedback_topic = config.topics.feedback
-        partitions = self._feedback.partitions_for_topic(feedback_topic) or set()
-        self._feedback.assign([TopicPartition(feedback_topic, p) for p in sorted(partitions)])
-        for partition in self._feedback.assignment():
-            self._feedback.position(partition)
-        producer_settings: dict[str, Any] = {
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "max_request_size": _MAX_MESSAGE_BYTES,
-            "client_id": f"{self.instance_id}-producer",
-        }
-        if self.exactly_once:
-            # Stable per instance: a restarted instance fences its own zombie.
-            producer_settings["transactional_id"] = f"{config.group_id}.{self.instance_id}"
-        self._producer = KafkaProducer(**settings, **producer_settings)
-        if self.exactly_once:
-            self._producer.init_transactions()
+        inbox_topics = [config.topics.feedback]
+        if self.learner is not None:
+            inbox_topics.append(config.topics.learning)
+        self._inbox.assign(
+            [
+                TopicPartition(topic, p)
+                for topic in inbox_topics
+                for p in sorted(self._inbox.partitions_for_topic(topic) or set())
+            ]
+        )
+        for partition in self._inbox.assignment():
+            offset = restored_offsets.get(f"{partition.topic}:{partition.partition}")
+            if offset is not None:
+                self._inbox.seek(partition, offset)  # the events the snapshot does not hold
+            else:
+                self._inbox.position(partition)
+        if self.learner is not None:
+            self.learner.on_event = lambda event: self._events.append(event)
+        self._producer = self._new_producer()
         log.info(
             "serving %s -> %s as %s in group %s (%s)",
             config.topics.requests,
@@ -273,7 +316,7 @@ class CascadeService:
         )
         try:
             while not self._stop.is_set():
-                self._learn_from_feedback()
+                self._learn_from_inbox()
                 batch = self._carried or self._consumer.poll(
                     timeout_ms=int(1000 * config.poll_timeout_s)
                 )
@@ -289,9 +332,54 @@ class CascadeService:
         log.info("stopped: %s", self.stats.line())
         return self.stats
 
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        settings: dict[str, Any] = {
+            **client_settings(self.config),
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "max_request_size": _MAX_MESSAGE_BYTES,
+            "client_id": f"{self.instance_id}-producer",
+        }
+        if self.exactly_once:
+            # Stable per instance: a restarted instance fences its own zombie.
+            settings["transactional_id"] = f"{self.config.group_id}.{self.instance_id}"
+        producer = KafkaProducer(**settings)
+        if self.exactly_once:
+            # Bumps the epoch: whatever an older producer left open is aborted.
+            producer.init_transactions()
+        return producer
+
+    def _replace_producer(self, why: str) -> None:
+        """A stuck transactional producer is dropped (closed in the background,
+        since closing it may block too) and a new one fences it."""
+        log.warning("rebuilding the producer: %s", why)
+        old = self._producer
+
+        def close_quietly() -> None:
+            try:
+                old.close(timeout=0)
+            except Exception as error:  # it was stuck: its own errors are expected
+                log.debug("closing the stuck producer: %r", error)
+
+        threading.Thread(target=close_quietly, daemon=True).start()
+        from kafka.errors import KafkaError
+
+        while True:
+            try:
+                self._producer = self._new_producer()
+                return
+            except KafkaError as error:  # the broker may still be away
+                if self._stop.is_set():
+                    raise
+                log.warning("a new producer failed (%r): retrying", error)
+                time.sleep(1.0)
+
     def _close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
-        for client in (self._consumer, self._feedback):
+        for client in (self._consumer, self._inbox):
             if client is not None:
                 try:
                     client.close()  # leaves the group: its partitions are handed back now
@@ -341,6 +429,12 @@ class CascadeService:
                 outputs.append(self._dead_letter(record, f"processing failed: {error}",
                                                  type(error).__name__))  # fmt: skip
                 n_failed += 1
+        events, self._events = self._events, []
+        for event in events:
+            outputs.append(
+                _Output(self.config.topics.learning, self.instance_id.encode(),
+                        json.dumps(event).encode(), self._headers())
+            )  # fmt: skip
         try:
             self._write(outputs, offsets)
         except _BatchFailed as error:
@@ -350,7 +444,8 @@ class CascadeService:
             return
         self.stats.n_answers += n_answers
         self.stats.n_failed += n_failed
-        self.stats.n_dead_letters += len(outputs) - n_answers
+        self.stats.n_dead_letters += len(outputs) - n_answers - len(events)
+        self.stats.n_events_out += len(events)
         self.stats.n_batches += 1
         self._since_snapshot += len(jobs)
         if self._on_batch is not None:
@@ -391,6 +486,7 @@ class CascadeService:
         producer, consumer = self._producer, self._consumer
         owned = set(consumer.assignment())
         commit = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        limit_s = self.config.transaction_timeout_s
         if self.exactly_once:
             try:
                 producer.begin_transaction()
@@ -398,8 +494,13 @@ class CascadeService:
                     producer.send(output.topic, key=output.key, value=output.value,
                                   headers=output.headers)  # fmt: skip
                 if commit:
-                    producer.send_offsets_to_transaction(commit, consumer.group_metadata())
-                producer.commit_transaction()
+                    metadata = consumer.group_metadata()
+                    _bounded(lambda: producer.send_offsets_to_transaction(commit, metadata),
+                             limit_s, "send-offsets")  # fmt: skip
+                _bounded(producer.commit_transaction, limit_s, "commit")
+            except _Stuck as error:
+                self._replace_producer(str(error))
+                raise _BatchFailed(str(error)) from error
             except KafkaError as error:
                 self._abort()
                 raise _BatchFailed(repr(error)) from error
@@ -408,25 +509,26 @@ class CascadeService:
             futures = [
                 producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
             ]
-            producer.flush()
+            producer.flush(timeout=limit_s)
             for future in futures:
-                future.get(timeout=30)  # raises what the broker said
+                future.get(timeout=limit_s)  # raises what the broker said
         except KafkaError as error:
             raise _BatchFailed(repr(error)) from error
         if commit:
             try:
-                consumer.commit(commit)
+                consumer.commit(commit, timeout_ms=int(1000 * limit_s))
             except KafkaError as error:
-                # Answers are out; the next owner answers these again (at least once).
-                log.warning("offset commit failed after a rebalance: %r", error)
+                # Answers are out; whoever consumes these next answers them again
+                # (at least once).
+                log.warning("offset commit failed: %r", error)
 
     def _abort(self) -> None:
         from kafka.errors import KafkaError
 
         try:
-            self._producer.abort_transaction()
-        except KafkaError as error:
-            log.warning("aborting the transaction failed: %r", error)
+            _bounded(self._producer.abort_transaction, self.config.transaction_timeout_s, "abort")
+        except (KafkaError, _Stuck) as error:
+            self._replace_producer(f"aborting the transaction failed: {error!r}")
 
     def _rewind(self, first: dict[Any, int]) -> None:
         """Seek back to the batch's first offsets, and to what was carried."""
@@ -439,7 +541,7 @@ class CascadeService:
                 self._consumer.seek(partition, offset)
 
     def _headers(self) -> list[tuple[str, bytes]]:
-        return [("instance", self.instance_id.encode())]
+        return [("instance", self.instance_id.encode()), ("session", self._session.encode())]
 
     def _dead_letter(self, record: Any, reason: str, error_type: str) -> _Output:
         """The original bytes as the value; where it came from and why, in headers."""
@@ -455,46 +557,83 @@ class CascadeService:
 
     # -- feedback and state --------------------------------------------------------
 
-    def _learn_from_feedback(self) -> None:
+    def _learn_from_inbox(self) -> None:
+        """Feedback records, and other instances' learning events."""
         from kafka.errors import KafkaError
 
-        polled = self._feedback.poll(timeout_ms=0)
+        polled = self._inbox.poll(timeout_ms=0)
         if not polled:
             return
         dead: list[_Output] = []
-        feedback = []
+        feedback: list[Feedback] = []
+        events: list[dict[str, Any]] = []
         for records in polled.values():
             for record in records:
+                if record.topic == self.config.topics.learning:
+                    if dict(record.headers or []).get("session") == self._session.encode():
+                        continue  # learned already, when it was made
+                    try:
+                        events.append(json.loads(record.value))
+                    except (TypeError, ValueError) as error:
+                        dead.append(self._dead_letter(record, f"bad learning event: {error}",
+                                                      "BadEvent"))  # fmt: skip
+                    continue
                 self.stats.n_feedback += 1
                 parsed = parse_feedback(record.value, self.config.max_request_bytes)
                 if isinstance(parsed, Rejected):
                     dead.append(self._dead_letter(record, parsed.reason, parsed.error_type))
                 else:
                     feedback.append(parsed)
-        if self.learner is not None and feedback:
+        if self.learner is not None and (feedback or events):
             learner = self.learner
-            learned = self._worker.submit(lambda: sum(learner.learn_one(f) for f in feedback))
-            self.stats.n_feedback_learned += learned.result()
-            self._since_snapshot += len(feedback)  # the state changed: the next snapshot keeps it
+
+            def learn() -> tuple[int, int]:
+                applied = 0
+                for event in events:
+                    try:
+                        learner.apply_event(event)
+                        applied += 1
+                    except (KeyError, TypeError, ValueError) as error:
+                        log.warning("a learning event could not be applied: %r", error)
+                return sum(learner.learn_one(f) for f in feedback), applied
+
+            learned, applied = self._worker.submit(learn).result()
+            self.stats.n_feedback_learned += learned
+            self.stats.n_events_in += applied
+            # The state changed: the next snapshot keeps it.
+            self._since_snapshot += len(feedback) + applied
         if dead:
             try:
                 self._write_plain(dead)
             except _BatchFailed as error:
-                log.warning("feedback dead letters not written (%s): read again", error)
+                log.warning("dead letters from the inbox not written (%s): read again", error)
                 for partition, records in polled.items():
-                    self._feedback.seek(partition, records[0].offset)
+                    self._inbox.seek(partition, records[0].offset)
                 return
             self.stats.n_dead_letters += len(dead)
         try:
-            self._feedback.commit()
+            self._inbox.commit()
         except KafkaError as error:
-            log.warning("feedback offsets not committed: %r", error)
+            log.warning("inbox offsets not committed: %r", error)
+
+    def _drain_inbox(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """Learn from everything in the inbox up to its current end; the
+        positions reached (a snapshot holds everything before them)."""
+        partitions = list(self._inbox.assignment())
+        end = self._inbox.end_offsets(partitions) if partitions else {}
+        deadline = time.monotonic() + timeout_s
+        while any(self._inbox.position(p) < end[p] for p in partitions):
+            if time.monotonic() > deadline:
+                break
+            self._learn_from_inbox()
+        return {f"{p.topic}:{p.partition}": int(self._inbox.position(p)) for p in partitions}
 
     def _write_plain(self, outputs: list[_Output]) -> None:
         """Outputs with no offsets to commit alongside."""
         from kafka.errors import KafkaError
 
         producer = self._producer
+        limit_s = self.config.transaction_timeout_s
         try:
             if self.exactly_once:
                 producer.begin_transaction()
@@ -502,23 +641,27 @@ class CascadeService:
                 producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
             ]
             if self.exactly_once:
-                producer.commit_transaction()
+                _bounded(producer.commit_transaction, limit_s, "commit")
             else:
-                producer.flush()
+                producer.flush(timeout=limit_s)
                 for future in futures:
-                    future.get(timeout=30)
+                    future.get(timeout=limit_s)
+        except _Stuck as error:
+            self._replace_producer(str(error))
+            raise _BatchFailed(str(error)) from error
         except KafkaError as error:
             if self.exactly_once:
                 self._abort()
             raise _BatchFailed(repr(error)) from error
 
-    def _restore(self) -> None:
+    def _restore(self) -> dict[str, int]:
+        """Load the latest snapshot; the inbox positions it was taken at."""
         if self.learner is None:
-            return
+            return {}
         snapshot = read_latest_state(self.config)
         if snapshot is None:
             log.info("no learner snapshot in %s: starting fresh", self.config.topics.state)
-            return
+            return {}
         self.learner.load_state_dict(snapshot["state"])
         self.stats.restored_from = self.learner.n_requests
         log.info(
@@ -527,13 +670,15 @@ class CascadeService:
             snapshot.get("instance"),
             self.learner.n_requests,
         )
+        return {str(k): int(v) for k, v in snapshot.get("inbox_offsets", {}).items()}
 
     def _snapshot(self) -> None:
         learner = self.learner
         assert learner is not None
+        offsets = self._drain_inbox()
         state = self._worker.submit(learner.state_dict).result()
         value = json.dumps({"instance": self.instance_id, "saved_unix_s": time.time(),
-                            "state": state}).encode()  # fmt: skip
+                            "inbox_offsets": offsets, "state": state}).encode()  # fmt: skip
         output = _Output(self.config.topics.state, self.config.group_id.encode(), value,
                          self._headers())  # fmt: skip
         try:

@@ -1,0 +1,298 @@
+"""Fault runs of the service on a real broker: SIGKILL and restart the service,
+restart the broker mid-stream, kill one of two instances in a group. Each run
+feeds N requests and counts what came out: answers, distinct ids, duplicates
+and lost requests.
+
+The service runs as real processes (`python -m streamcascade serve`) on the
+replay backend, with recordings written here, so the runs need no model and no
+shared data. `streamcascade faults` prints the table; the test suite asserts on
+the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from streamcascade.config import KafkaConfig
+from streamcascade.service.broker import LocalKafka
+from streamcascade.service.tools import feed
+from streamcascade.service.worker import client_settings, ensure_topics
+
+log = logging.getLogger(__name__)
+
+Scenario = Literal["sigkill", "broker-restart", "group-kill"]
+Delivery = Literal["at_least_once", "exactly_once"]
+
+_RIGHT = "def double(x):\n    return 2 * x\n"
+_WRONG = "def double(x):\n    return x + 2\n"
+
+
+def request_value(i: int) -> bytes:
+    return json.dumps(
+        {
+            "id": f"t{i}",
+            "prompt": 'def double(x):\n    """Twice x."""\n',
+            "entry_point": "double",
+            "visible_tests": ["assert double(2) == 4"],
+        }
+    ).encode()
+
+
+def write_replay_config(
+    work_dir: Path, bootstrap_servers: str, n_tasks: int, delivery: Delivery, **kafka: Any
+) -> tuple[Path, KafkaConfig]:
+    """A two-level replay cascade (the small level wrong on every third task, the
+    big one always right) and a kafka section with topics unique to this run."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    small, big = work_dir / "small.jsonl", work_dir / "big.jsonl"
+    with small.open("w") as small_out, big.open("w") as big_out:
+        for i in range(n_tasks):
+            solution = _WRONG if i % 3 == 0 else _RIGHT
+            small_out.write(json.dumps({"task_id": f"t{i}", "solution": solution}) + "\n")
+            big_out.write(json.dumps({"task_id": f"t{i}", "solution": _RIGHT}) + "\n")
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    names = ("requests", "answers", "feedback", "deadletter", "state")
+    kafka_section = {
+        "bootstrap_servers": [bootstrap_servers],
+        "group_id": prefix,
+        "delivery": delivery,
+        "topics": {name: f"{prefix}.{name}" for name in names},
+        "partitions": 4,
+        "max_in_flight": 16,
+        "session_timeout_ms": 6000,
+        "shutdown_timeout_s": 10,
+        "transaction_timeout_s": 15,
+        **kafka,
+    }
+    levels = [
+        {"name": "small", "backend": {"kind": "replay", "format": "ladder", "path": str(small)},
+         "t_test_generations": 0, "threshold": 1.0, "price_in_usd_per_1m": 1.0},
+        {"name": "big", "backend": {"kind": "replay", "format": "ladder", "path": str(big)},
+         "t_test_generations": 0, "threshold": 0.0, "price_in_usd_per_1m": 10.0},
+    ]  # fmt: skip
+    config = {"levels": levels, "sandbox": {"per_test_timeout_s": 2.0}, "kafka": kafka_section}
+    path = work_dir / "service.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path, KafkaConfig.model_validate(kafka_section)
+
+
+class AnswerCounter:
+    """Follows the answers topic (read_committed) in a thread, counting ids."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.ids: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    def __enter__(self) -> AnswerCounter:
+        self._thread.start()
+        self._ready.wait(60)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = self.config.topics.answers
+        consumer = KafkaConsumer(
+            **client_settings(self.config), group_id=None, isolation_level="read_committed"
+        )
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            self._ready.set()
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    with self._lock:
+                        for record in records:
+                            self.ids[(record.key or b"").decode()] += 1
+        finally:
+            self._ready.set()
+            consumer.close()
+
+    def distinct(self) -> int:
+        with self._lock:
+            return len(self.ids)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.ids.values())
+
+    def wait_distinct(self, n: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.distinct() < n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+class ServiceProcess:
+    """`python -m streamcascade serve` as a child process."""
+
+    def __init__(self, config_path: Path, instance_id: str, log_dir: Path) -> None:
+        self.config_path = config_path
+        self.instance_id = instance_id
+        self.log_path = log_dir / f"service-{instance_id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.n_starts = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamcascade", "serve", "--config",
+                 str(self.config_path), "--instance-id", self.instance_id],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.n_starts += 1
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def terminate(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM, as a deployment stops it; its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class FaultReport:
+    scenario: str
+    delivery: str
+    n_in: int
+    n_answers_out: int
+    n_distinct: int
+    n_faults: int
+    seconds: float
+    exit_codes: list[int | None]
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.n_answers_out - self.n_distinct
+
+    @property
+    def n_lost(self) -> int:
+        return self.n_in - self.n_distinct
+
+    def row(self) -> str:
+        return (
+            f"| {self.scenario} | {self.delivery} | {self.n_faults} | {self.n_in} | "
+            f"{self.n_answers_out} | {self.n_duplicates} | {self.n_lost} | {self.seconds:.0f} |"
+        )
+
+
+HEADER = (
+    "| fault | delivery | faults | requests in | answers out | duplicates | lost | s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def run_fault(
+    broker: LocalKafka,
+    work_dir: Path,
+    scenario: Scenario,
+    delivery: Delivery,
+    n_requests: int = 1000,
+    n_kills: int = 5,
+    seed: int = 0,
+    timeout_s: float = 600.0,
+) -> FaultReport:
+    """One fault run; the broker must be running."""
+    rng = random.Random(seed)
+    config_path, kafka = write_replay_config(work_dir, broker.bootstrap_servers, n_requests,
+                                             delivery)  # fmt: skip
+    ensure_topics(kafka)
+    started = time.monotonic()
+    first = ServiceProcess(config_path, "i1", work_dir)
+    services = [first]
+    n_faults = 0
+    with AnswerCounter(kafka) as answers:
+        first.start()
+        if scenario == "group-kill":
+            second = ServiceProcess(config_path, "i2", work_dir)
+            second.start()
+            services.append(second)
+        feed(kafka, [request_value(i) for i in range(n_requests)])
+
+        def progressed(to: int) -> None:
+            answers.wait_distinct(min(n_requests, to), timeout_s)
+
+        if scenario == "sigkill":
+            # Kill points spread over the stream, at random within it.
+            for kill in range(n_kills):
+                progressed(int(n_requests * (kill + rng.random()) / (n_kills + 1)))
+                first.kill()
+                n_faults += 1
+                time.sleep(rng.uniform(0.0, 1.0))
+                first.start()
+        elif scenario == "broker-restart":
+            progressed(n_requests // 3)
+            broker.stop()
+            n_faults += 1
+            time.sleep(3.0)
+            broker.start()
+        elif scenario == "group-kill":
+            progressed(n_requests // 3)
+            first.kill()
+            n_faults += 1
+        answers.wait_distinct(n_requests, timeout_s)
+        # Let late duplicates (if any) arrive before counting.
+        time.sleep(2.0)
+        alive = [s for s in services if s.process is not None and s.process.poll() is None]
+        exit_codes = [s.terminate() for s in alive]
+        time.sleep(1.0)
+        report = FaultReport(
+            scenario, delivery, n_requests, answers.total(), answers.distinct(), n_faults,
+            time.monotonic() - started, exit_codes,
+        )  # fmt: skip
+    log.info("fault run: %s", report)
+    return report
+
+
+def fault_table(
+    work_dir: Path,
+    runs: Sequence[tuple[Scenario, Delivery]],
+    n_requests: int = 1000,
+    n_kills: int = 5,
+    progress: Callable[[FaultReport], None] | None = None,
+) -> list[FaultReport]:
+    """Each run on its own fresh broker (a broker restart must not leak into the next)."""
+    reports = []
+    for index, (scenario, delivery) in enumerate(runs):
+        run_dir = work_dir / f"{index}-{scenario}-{delivery}"
+        with LocalKafka(run_dir / "kafka", partitions=4) as broker:
+            report = run_fault(broker, run_dir, scenario, delivery, n_requests, n_kills, index)
+        reports.append(report)
+        if progress is not None:
+            progress(report)
+    return reports

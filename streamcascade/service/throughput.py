@@ -1,0 +1,172 @@
+"""Throughput of the service on requests decided without an LLM: a stream of
+review-verdict classification requests that level 0 has learned to answer.
+
+Side by side, from the same learner snapshot and on the same records:
+- bench: the records parsed and answered in-process, one after another
+  (what `streamcascade run` or `bench` does per request);
+- service: the records pre-loaded into the requests topic of a local broker,
+  then consumed, answered, published and committed by `CascadeService`, timed
+  from its start to the commit of the last one.
+The difference per request is the service's overhead: Kafka I/O, batching,
+the hand-off to the worker thread, commits (and transactions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
+from streamcascade.config import LearningConfig, LevelConfig, ReplayBackendConfig
+from streamcascade.learning.learner import CascadeLearner
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CodeRequest
+
+log = logging.getLogger(__name__)
+
+LABELS = ["approve", "request changes"]
+_FILLER = ["refactor", "rename", "loop", "cache", "docs", "api", "parser", "retry", "config"]
+
+
+def review_request(i: int, rng: random.Random, with_label: bool) -> dict[str, Any]:
+    """A review verdict: changes with tests are approved, the others are not."""
+    good = rng.random() < 0.5
+    words = " ".join(rng.sample(_FILLER, 3))
+    record: dict[str, Any] = {
+        "id": f"r{i}",
+        "prompt": f"Review this change: {words}; " + ("tests added" if good else "no tests"),
+        "label_set": LABELS,
+    }
+    if with_label:
+        record["reference_label"] = LABELS[0] if good else LABELS[1]
+    return record
+
+
+def _engine(learner: CascadeLearner, sandbox: Sandbox, recordings: Path) -> OnlineCascadeEngine:
+    """Two replay levels: they hold no verdicts, so only level 0 can answer well."""
+    from streamcascade.backends import BackendPool
+    from streamcascade.cascade import Level
+
+    recordings.write_text("")
+    pool = BackendPool(None, False)
+    levels = []
+    for index, (name, price) in enumerate((("small", 1.0), ("big", 10.0)), start=1):
+        config = LevelConfig(
+            name=name,
+            backend=ReplayBackendConfig(format="ladder", path=recordings, name=name),
+            price_in_usd_per_1m=price,
+        )
+        levels.append(Level(index, config, pool.get(config.backend), sandbox))
+    return OnlineCascadeEngine(levels, learner, Labeler(sandbox, "auto"))
+
+
+@dataclass
+class ThroughputReport:
+    n_requests: int
+    share_at_level0: float
+    bench_us_per_request: float
+    service_us_per_request: dict[str, float]
+
+    def table(self) -> str:
+        bench = self.bench_us_per_request
+        lines = [
+            f"{self.n_requests} classification requests, {100 * self.share_at_level0:.1f} % "
+            "answered by level 0 (the rest: replay levels, no LLM)",
+            "| path | requests/s | us per request | overhead vs bench, us |",
+            "| --- | --- | --- | --- |",
+            f"| bench (in-process) | {1e6 / bench:,.0f} | {bench:.0f} | - |",
+        ]
+        for delivery, us in self.service_us_per_request.items():
+            lines.append(f"| service, {delivery} | {1e6 / us:,.0f} | {us:.0f} | {us - bench:.0f} |")
+        return "\n".join(lines)
+
+
+def service_throughput(
+    n_requests: int = 20_000,
+    n_warmup: int = 1_000,
+    deliveries: tuple[str, ...] = ("at_least_once", "exactly_once"),
+    max_in_flight: int = 1_000,
+    work_dir: Path | None = None,
+) -> ThroughputReport:
+    from streamcascade.config import KafkaConfig, SandboxConfig
+    from streamcascade.service.broker import LocalKafka
+    from streamcascade.service.tools import feed
+    from streamcascade.service.worker import CascadeService, ensure_topics
+
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="streamcascade-throughput-"))
+    rng = random.Random(0)
+    config = LearningConfig(enabled=True, mu=0.25 / 0.00016, seed=3, level0_learning_rate=0.5,
+                            labels="auto")  # fmt: skip
+    with Sandbox(SandboxConfig()) as sandbox:
+        # Level 0 learns the task from labelled requests first.
+        learner = CascadeLearner(config, 2)
+        engine = _engine(learner, sandbox, work_dir / "empty.jsonl")
+        for i in range(n_warmup):
+            engine.process_one(CodeRequest.model_validate(review_request(-i - 1, rng, True)))
+        snapshot = json.dumps(learner.state_dict())
+        values = [json.dumps(review_request(i, rng, False)).encode() for i in range(n_requests)]
+
+        def fresh_engine() -> OnlineCascadeEngine:
+            learner = CascadeLearner(config, 2)
+            learner.load_state_dict(json.loads(snapshot))
+            return _engine(learner, sandbox, work_dir / "empty.jsonl")
+
+        bench_engine = fresh_engine()
+        started = time.perf_counter()
+        at_level0 = 0
+        for value in values:
+            answer = bench_engine.process_one(CodeRequest.model_validate_json(value))
+            answer.model_dump_json()
+            at_level0 += answer.level == 0
+        bench_us = 1e6 * (time.perf_counter() - started) / n_requests
+
+        service_us: dict[str, float] = {}
+        with LocalKafka(work_dir / "kafka", partitions=4) as broker:
+            for delivery in deliveries:
+                prefix = f"throughput-{delivery}"
+                kafka = KafkaConfig(
+                    bootstrap_servers=[broker.bootstrap_servers],
+                    group_id=prefix,
+                    instance_id="t0",
+                    delivery=delivery,  # type: ignore[arg-type]
+                    topics={name: f"{prefix}.{name}" for name in  # type: ignore[arg-type]
+                            ("requests", "answers", "feedback", "deadletter", "state")},
+                    max_in_flight=max_in_flight,
+                    snapshot_every=10**9,
+                )  # fmt: skip
+                ensure_topics(kafka)
+                feed(kafka, values)
+                done = threading.Event()
+                timing: dict[str, float] = {}
+
+                def on_batch(
+                    stats: Any, timing: dict[str, float] = timing, done: threading.Event = done
+                ) -> None:
+                    if "first" not in timing:
+                        timing["first"] = time.perf_counter()
+                        timing["n_first"] = stats.n_answers
+                    if stats.n_answers >= n_requests:
+                        timing["last"] = time.perf_counter()
+                        done.set()
+
+                service = CascadeService(kafka, fresh_engine(), None, on_batch=on_batch)
+                thread = threading.Thread(target=service.run)
+                thread.start()
+                done.wait(600)
+                service.stop()
+                thread.join(60)
+                if "last" not in timing:
+                    raise RuntimeError(f"{delivery}: not all answered ({service.stats.line()})")
+                # From the first committed batch to the last, so joining the group
+                # (a one-off at start) is not counted.
+                timed = n_requests - timing["n_first"]
+                service_us[delivery] = 1e6 * (timing["last"] - timing["first"]) / max(1, timed)
+                log.info("%s: %s", delivery, service.stats.line())
+    return ThroughputReport(n_requests, at_level0 / n_requests, bench_us, service_us)
