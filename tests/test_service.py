@@ -21,10 +21,12 @@ from hypothesis import strategies as st
 from streamcascade.cascade.build import build_engine
 from streamcascade.config import AppConfig, SandboxConfig
 from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CascadeAnswer, CodeRequest
 from streamcascade.service.broker import LocalKafka
 from streamcascade.service.tools import feed, follow
 from streamcascade.service.worker import (
     CascadeService,
+    Engine,
     ServiceStats,
     ensure_topics,
     read_latest_state,
@@ -316,3 +318,52 @@ def test_two_instances_split_the_partitions_and_learn_from_each_other(
     assert second.stats.n_events_in == first.stats.n_events_out
     assert first.learner is not None and second.learner is not None
     assert first.learner.n_requests == second.learner.n_requests == n
+
+
+class SlowEngine:
+    """An LLM-slow level: each request takes `seconds`."""
+
+    def __init__(self, inner: Engine, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def process_one(self, request: CodeRequest) -> CascadeAnswer:
+        time.sleep(self.seconds)
+        return self.inner.process_one(request)
+
+
+def test_slow_levels_keep_the_group_membership_and_stop_hands_back_work(
+    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    n = 6
+    # A batch (two requests of 2.5 s) takes five times the poll interval.
+    config = replay_config(tmp_path, kafka, 2 * n, max_in_flight=2, max_poll_interval_ms=1000,
+                           session_timeout_ms=6000, shutdown_timeout_s=60)  # fmt: skip
+    ensure_topics(config.kafka)
+    topics = config.kafka.topics
+    feed(config.kafka, [request_json(i) for i in range(n)])
+    engine = SlowEngine(build_engine(config, sandbox).engine, 2.5)
+    service = CascadeService(config.kafka, engine)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    wait_for(lambda: service.stats.n_answers >= 2, 60)
+    service.stop()  # what SIGTERM does: the batch in hand is finished first
+    thread.join(60)
+    stats = service.stats
+    # One assignment, never revoked: the paused consumer kept polling.
+    assert stats.n_assignments == 1 and stats.n_revocations == 0, stats
+    assert stats.n_answers in (2, 4) and stats.n_batches_retried == 0
+    # Stopping with a grace period shorter than the batch hands it back, uncommitted.
+    hurried = config.kafka.model_copy(update={"shutdown_timeout_s": 0.5})
+    service = CascadeService(hurried, SlowEngine(build_engine(config, sandbox).engine, 2.5))
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    wait_for(lambda: service.stats.n_requests > 0, 60)
+    service.stop()
+    thread.join(60)
+    handed_back = service.stats.n_requests - service.stats.n_answers
+    assert handed_back > 0
+    # A third instance answers everything that is left, nothing twice.
+    with running(config, sandbox) as last:
+        wait_for(lambda: stats.n_answers + service.stats.n_answers + last.stats.n_answers >= n)
+    ids = [(r.key or b"").decode() for r in follow(config.kafka, topics.answers, idle_timeout_s=3)]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(n))

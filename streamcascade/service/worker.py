@@ -42,6 +42,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kafka import ConsumerRebalanceListener
+
 from streamcascade.config import KafkaConfig
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
@@ -72,6 +74,9 @@ class ServiceStats:
     """Other instances' learning events applied here."""
     n_batches: int = 0
     n_batches_retried: int = 0
+    n_assignments: int = 0
+    """Group rebalances this instance took part in (the first one included)."""
+    n_revocations: int = 0
     n_snapshots: int = 0
     restored_from: int | None = None
     """The snapshot's request count this instance started from."""
@@ -204,6 +209,23 @@ def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
         consumer.close()
 
 
+class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Counts and logs partition assignments of the requests consumer."""
+
+    def __init__(self, stats: ServiceStats, stopping: Callable[[], bool]) -> None:
+        self.stats = stats
+        self.stopping = stopping
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked and not self.stopping():  # leaving the group on close is no rebalance
+            self.stats.n_revocations += 1
+            log.info("partitions revoked: %s", sorted(str(p) for p in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.stats.n_assignments += 1
+        log.info("partitions assigned: %s", sorted(str(p) for p in assigned))
+
+
 class CascadeService:
     """Consumes requests and feedback, publishes answers and dead letters.
 
@@ -270,7 +292,9 @@ class CascadeService:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 4),
         )
-        self._consumer.subscribe([config.topics.requests])
+        self._consumer.subscribe(
+            [config.topics.requests], listener=_Rebalances(self.stats, self._stop.is_set)
+        )
         # Its own group per instance (for its committed offsets): every replica
         # sees every feedback record and every other replica's learning events.
         # Assigned, not subscribed: no group rebalances to wait for, and the
