@@ -251,6 +251,9 @@ def _bad_messages() -> st.SearchStrategy[bytes]:
     )
 
 
+# The service's Kafka clients use the random module in their own threads while
+# hypothesis generates; that is not the strategies' randomness.
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 def test_ten_thousand_generated_bad_records_all_reach_the_dead_letters(
     kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -367,3 +370,19 @@ def test_slow_levels_keep_the_group_membership_and_stop_hands_back_work(
         wait_for(lambda: stats.n_answers + service.stats.n_answers + last.stats.n_answers >= n)
     ids = [(r.key or b"").decode() for r in follow(config.kafka, topics.answers, idle_timeout_s=3)]
     assert sorted(ids) == sorted(f"t{i}" for i in range(n))
+
+
+def test_throughput_bench_runs_both_paths_on_the_same_stream(tmp_path: Path) -> None:
+    from streamcascade.service.throughput import service_throughput
+
+    report = service_throughput(n_requests=2000, n_warmup=300, work_dir=tmp_path)
+    print("\n" + report.table())  # the figures; `streamcascade perf service` is the benchmark
+    assert set(report.service_us_per_request) == {"at_least_once", "exactly_once"}
+    assert report.bench_us_per_request > 0 and report.share_at_level0 > 0
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    from streamcascade.service.broker import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

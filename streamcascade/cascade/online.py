@@ -45,7 +45,7 @@ class Labeler:
         self.seconds = 0.0
 
     def uses_reference(self, request: CodeRequest) -> bool:
-        has = request.reference_tests is not None
+        has = request.reference_tests is not None or request.reference_label is not None
         return self.source == "reference" or (self.source == "auto" and has)
 
     def reference(self, request: CodeRequest, code: str) -> bool | None:

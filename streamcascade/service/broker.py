@@ -104,8 +104,13 @@ def free_port() -> int:
 
 
 def _cluster_id() -> str:
-    """Kafka's cluster id format: a UUID as unpadded URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's cluster id format: a UUID as unpadded URL-safe base64, never
+    starting with "-" (the storage tool would read it as an option; Kafka's own
+    Uuid.randomUuid() avoids those too)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 class LocalKafka:

@@ -54,7 +54,6 @@ def _engine(learner: CascadeLearner, sandbox: Sandbox, recordings: Path) -> Onli
     from streamcascade.backends import BackendPool
     from streamcascade.cascade import Level
 
-    recordings.write_text("")
     pool = BackendPool(None, False)
     levels = []
     for index, (name, price) in enumerate((("small", 1.0), ("big", 10.0)), start=1):
@@ -105,9 +104,14 @@ def service_throughput(
     config = LearningConfig(enabled=True, mu=0.25 / 0.00016, seed=3, level0_learning_rate=0.5,
                             labels="auto")  # fmt: skip
     with Sandbox(SandboxConfig()) as sandbox:
+        # Replay recordings (programs only, so no verdicts) for every request id.
+        recordings = work_dir / "recordings.jsonl"
+        with recordings.open("w") as out:
+            for i in range(-n_warmup, n_requests):
+                out.write(json.dumps({"task_id": f"r{i}", "solution": ""}) + "\n")
         # Level 0 learns the task from labelled requests first.
         learner = CascadeLearner(config, 2)
-        engine = _engine(learner, sandbox, work_dir / "empty.jsonl")
+        engine = _engine(learner, sandbox, recordings)
         for i in range(n_warmup):
             engine.process_one(CodeRequest.model_validate(review_request(-i - 1, rng, True)))
         snapshot = json.dumps(learner.state_dict())
@@ -116,7 +120,7 @@ def service_throughput(
         def fresh_engine() -> OnlineCascadeEngine:
             learner = CascadeLearner(config, 2)
             learner.load_state_dict(json.loads(snapshot))
-            return _engine(learner, sandbox, work_dir / "empty.jsonl")
+            return _engine(learner, sandbox, recordings)
 
         bench_engine = fresh_engine()
         started = time.perf_counter()

@@ -21,10 +21,14 @@ Bad input (not UTF-8, not JSON, wrong schema, oversized, unsupported language)
 and requests whose processing raised go to the dead-letter topic with the
 original bytes as the value and the reason in the headers; the service goes on.
 
+Replicas converge: every request's learning event (each level's score,
+decision, cost and label; see `CascadeLearner.apply_event`) goes to the
+learning topic with the batch's answers, and every instance applies the other
+instances' events and every feedback record (it reads both with its own group).
 Learner snapshots go to the compacted state topic, keyed by the group id, every
-`snapshot_every` requests and at shutdown; a starting instance restores the
-latest one. Feedback records are learned from as they arrive (each instance
-reads the feedback topic with its own group).
+`snapshot_every` requests and at shutdown, with the learning-topic position
+they include; a starting instance restores the latest one and applies the
+events after it.
 """
 
 from __future__ import annotations
