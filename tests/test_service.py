@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from streamcascade.cascade.build import build_engine
-from streamcascade.config import AppConfig, SandboxConfig
+from streamcascade.config import AppConfig, KafkaConfig, SandboxConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 from streamcascade.service.broker import LocalKafka
@@ -386,3 +386,41 @@ def test_cluster_ids_never_look_like_options() -> None:
 
     ids = [_cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+class _StuckConsumer:
+    """A consumer left with a paused partition and one that lags unfetched."""
+
+    def __init__(self) -> None:
+        self.paused_now = {"p0"}
+        self.seeks: list[tuple[str, int]] = []
+
+    def paused(self) -> set[str]:
+        return set(self.paused_now)
+
+    def resume(self, *partitions: str) -> None:
+        self.paused_now -= set(partitions)
+
+    def assignment(self) -> set[str]:
+        return {"p0", "p1"}
+
+    def end_offsets(self, partitions: list[str]) -> dict[str, int]:
+        return {"p0": 10, "p1": 50}
+
+    def position(self, partition: str) -> int:
+        return {"p0": 10, "p1": 20}[partition]
+
+    def seek(self, partition: str, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+def test_between_batches_nothing_stays_paused_and_lagging_partitions_are_refetched() -> None:
+    service = CascadeService(KafkaConfig(), engine=None)  # type: ignore[arg-type]
+    consumer = _StuckConsumer()
+    service._consumer = consumer
+    service._unstick()
+    assert consumer.paused_now == set() and consumer.seeks == []  # not idle long enough yet
+    service._last_records_s -= 60
+    service._last_check_s -= 60
+    service._unstick()
+    assert consumer.seeks == [("p1", 20)]  # only the partition that lags

@@ -262,6 +262,8 @@ class CascadeService:
         # Tells this process's own learning events apart from those of an
         # earlier run of the same instance, which a restored snapshot may lack.
         self._session = uuid.uuid4().hex
+        self._last_records_s = time.monotonic()
+        self._last_check_s = time.monotonic()
         self._producer: Any = None
 
     @property
@@ -350,7 +352,10 @@ class CascadeService:
                 )
                 self._carried = {}
                 if batch:
+                    self._last_records_s = time.monotonic()
                     self._handle(batch)
+                else:
+                    self._unstick()
                 if self.learner is not None and self._since_snapshot >= config.snapshot_every:
                     self._snapshot()
             if self.learner is not None and self._since_snapshot:
@@ -478,6 +483,40 @@ class CascadeService:
         self._since_snapshot += len(jobs)
         if self._on_batch is not None:
             self._on_batch(self.stats)
+
+    def _unstick(self, idle_s: float = 10.0) -> None:
+        """Between batches nothing is paused, and a partition with records left
+        is fetched. A rebalance in the middle of a batch once left one partition
+        of kafka-python's consumer unfetched for good (its committed offset
+        stuck while the log went on); after `idle_s` without records, owned
+        partitions that lag are resumed and re-seeked to their position."""
+        consumer = self._consumer
+        paused = consumer.paused()
+        if paused:
+            log.warning("partitions paused between batches: resuming %s", sorted(map(str, paused)))
+            consumer.resume(*paused)
+        now = time.monotonic()
+        if now - self._last_records_s < idle_s or now - self._last_check_s < idle_s:
+            return
+        self._last_check_s = now
+        owned = list(consumer.assignment())
+        if not owned:
+            return
+        from kafka.errors import KafkaError
+
+        try:
+            end = consumer.end_offsets(owned)
+            for partition in owned:
+                position = consumer.position(partition)
+                if position is not None and position < end[partition]:
+                    idle_for_s = now - self._last_records_s
+                    log.warning(
+                        "%s lags (%d of %d) with nothing fetched for %.0f s: re-seeking",
+                        partition, position, end[partition], idle_for_s,
+                    )  # fmt: skip
+                    consumer.seek(partition, position)
+        except KafkaError as error:
+            log.warning("lag check failed: %r", error)
 
     def _answer(self, request: CodeRequest) -> CascadeAnswer:
         return self.engine.process_one(request)
