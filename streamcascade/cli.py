@@ -479,24 +479,27 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--config", help="YAML config (for the cache dir)")
     perf.set_defaults(func=cmd_perf)
 
+    def kafka_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--config", help="YAML config with a kafka section (configs/kafka.yaml)"
+        )
+        command.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+
     serve = sub.add_parser("serve", help="the Kafka service: requests in, answers out")
-    serve.add_argument("--config", help="YAML config with a kafka section (configs/kafka.yaml)")
-    serve.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    kafka_arguments(serve)
     serve.add_argument("--learn", action="store_true", help="learn while serving")
     serve.add_argument("--instance-id", help="stable per replica (default: host and pid)")
     serve.set_defaults(func=cmd_serve)
 
     feed_parser = sub.add_parser("feed", help="send a JSONL file or bundled HumanEval to Kafka")
-    feed_parser.add_argument("--config", help="YAML config with a kafka section")
-    feed_parser.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    kafka_arguments(feed_parser)
     feed_parser.add_argument("--input", help="a JSONL file; each line is sent as it is")
     feed_parser.add_argument("--limit", type=int, help="first N records only")
     feed_parser.add_argument("--topic", help="default: the requests topic")
     feed_parser.set_defaults(func=cmd_feed)
 
     follow_parser = sub.add_parser("follow", help="print a topic's records (default: answers)")
-    follow_parser.add_argument("--config", help="YAML config with a kafka section")
-    follow_parser.add_argument("--bootstrap-servers", help="host:port, instead of the config's")
+    kafka_arguments(follow_parser)
     follow_parser.add_argument("--topic", help="default: the answers topic")
     follow_parser.add_argument("--latest", action="store_true", help="only new records")
     follow_parser.add_argument("--count", type=int, help="stop after N records")

@@ -9,7 +9,6 @@ import json
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +18,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from streamcascade.cascade.build import build_engine
-from streamcascade.config import AppConfig, KafkaConfig, SandboxConfig
+from streamcascade.config import AppConfig, KafkaConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 from streamcascade.service.broker import LocalKafka
+from streamcascade.service.faults import replay_config as shared_replay_config
+from streamcascade.service.faults import request_value
 from streamcascade.service.tools import feed, follow
 from streamcascade.service.worker import (
     CascadeService,
@@ -32,9 +33,6 @@ from streamcascade.service.worker import (
     read_latest_state,
 )
 
-RIGHT = "def double(x):\n    return 2 * x\n"
-WRONG = "def double(x):\n    return x + 2\n"  # passes the visible test, fails the hidden one
-
 
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
@@ -43,55 +41,15 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
 
 
 def request_json(i: int) -> bytes:
-    return json.dumps(
-        {
-            "id": f"t{i}",
-            "prompt": 'def double(x):\n    """Twice x."""\n',
-            "entry_point": "double",
-            "visible_tests": ["assert double(2) == 4"],
-            "reference_tests": "def check(candidate):\n    assert candidate(5) == 10\n",
-        }
-    ).encode()
+    return request_value(i, with_reference=True)
 
 
 def replay_config(tmp_path: Path, broker: LocalKafka, n_tasks: int, **kafka: object) -> AppConfig:
-    """Two replay levels: the small one is wrong on every third task (and its
-    answer still passes the visible test), the big one always right. Topics
-    are unique to the test."""
-    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
-    with small.open("w") as s_out, big.open("w") as b_out:
-        for i in range(n_tasks):
-            s_out.write(
-                json.dumps({"task_id": f"t{i}", "solution": WRONG if i % 3 == 0 else RIGHT})
-            )
-            s_out.write("\n")
-            b_out.write(json.dumps({"task_id": f"t{i}", "solution": RIGHT}) + "\n")
-    prefix = uuid.uuid4().hex[:8]
-    topics = {
-        name: f"{prefix}.{name}"
-        for name in ("requests", "answers", "feedback", "deadletter", "state")
-    }
-    settings = {
-        "bootstrap_servers": [broker.bootstrap_servers],
-        "group_id": f"{prefix}-group",
-        "instance_id": "i0",
-        "topics": topics,
-        "partitions": 2,
-        "session_timeout_ms": 6000,
-        **kafka,
-    }
+    """The fault runs' replay cascade (see `faults.replay_config`), in-process."""
+    settings: dict[str, object] = {"instance_id": "i0", "partitions": 2, **kafka}
     return AppConfig.model_validate(
-        {
-            "levels": [
-                {"name": "small", "backend": {"kind": "replay", "format": "ladder", "path": str(small)},
-                 "t_test_generations": 0, "threshold": 1.0, "price_in_usd_per_1m": 1.0},
-                {"name": "big", "backend": {"kind": "replay", "format": "ladder", "path": str(big)},
-                 "t_test_generations": 0, "threshold": 0.0, "price_in_usd_per_1m": 10.0},
-            ],
-            "sandbox": SandboxConfig(per_test_timeout_s=2.0).model_dump(),
-            "kafka": settings,
-        }
-    )  # fmt: skip
+        shared_replay_config(tmp_path, broker.bootstrap_servers, n_tasks, **settings)
+    )
 
 
 @contextlib.contextmanager
@@ -307,12 +265,20 @@ def test_two_instances_split_the_partitions_and_learn_from_each_other(
     other = config.model_copy(
         update={"kafka": config.kafka.model_copy(update={"instance_id": "i1"})}
     )
-    feed(config.kafka, [request_json(i) for i in range(n)])
     with (
         running(config, sandbox, learn=True) as first,
         running(other, sandbox, learn=True) as second,
     ):
         about = lambda: (first.stats, second.stats)  # noqa: E731
+
+        def split() -> bool:
+            # Read from the test's thread: a snapshot of each member's partitions.
+            owned = [s._consumer and len(s._consumer.assignment()) for s in (first, second)]
+            return owned == [1, 1]
+
+        # Feed once both members hold a partition, or the first could answer all.
+        wait_for(split, 60, about)
+        feed(config.kafka, [request_json(i) for i in range(n)])
         wait_for(lambda: first.stats.n_answers + second.stats.n_answers >= n, about=about)
         wait_for(lambda: first.stats.n_events_in + second.stats.n_events_in >= n, about=about)
     # Both served (two partitions, two members) and each learned the other's requests.

@@ -40,22 +40,26 @@ _RIGHT = "def double(x):\n    return 2 * x\n"
 _WRONG = "def double(x):\n    return x + 2\n"
 
 
-def request_value(i: int) -> bytes:
-    return json.dumps(
-        {
-            "id": f"t{i}",
-            "prompt": 'def double(x):\n    """Twice x."""\n',
-            "entry_point": "double",
-            "visible_tests": ["assert double(2) == 4"],
-        }
-    ).encode()
+def request_value(i: int, with_reference: bool = False) -> bytes:
+    """Task t{i}: write `double`; hidden tests that tell x + 2 from 2 * x when asked."""
+    request: dict[str, Any] = {
+        "id": f"t{i}",
+        "prompt": 'def double(x):\n    """Twice x."""\n',
+        "entry_point": "double",
+        "visible_tests": ["assert double(2) == 4"],
+    }
+    if with_reference:
+        request["reference_tests"] = "def check(candidate):\n    assert candidate(5) == 10\n"
+    return json.dumps(request).encode()
 
 
-def write_replay_config(
-    work_dir: Path, bootstrap_servers: str, n_tasks: int, delivery: Delivery, **kafka: Any
-) -> tuple[Path, KafkaConfig]:
-    """A two-level replay cascade (the small level wrong on every third task, the
-    big one always right) and a kafka section with topics unique to this run."""
+def replay_config(
+    work_dir: Path, bootstrap_servers: str, n_tasks: int, **kafka: Any
+) -> dict[str, Any]:
+    """A two-level replay cascade (the small level wrong on every third task,
+    while its answer still passes the visible test; the big one always right),
+    its recordings written into `work_dir`, and a kafka section with topics
+    unique to this run; `kafka` overrides that section's settings."""
     work_dir.mkdir(parents=True, exist_ok=True)
     small, big = work_dir / "small.jsonl", work_dir / "big.jsonl"
     with small.open("w") as small_out, big.open("w") as big_out:
@@ -68,7 +72,6 @@ def write_replay_config(
     kafka_section = {
         "bootstrap_servers": [bootstrap_servers],
         "group_id": prefix,
-        "delivery": delivery,
         "topics": {name: f"{prefix}.{name}" for name in names},
         "partitions": 4,
         "max_in_flight": 16,
@@ -83,10 +86,17 @@ def write_replay_config(
         {"name": "big", "backend": {"kind": "replay", "format": "ladder", "path": str(big)},
          "t_test_generations": 0, "threshold": 0.0, "price_in_usd_per_1m": 10.0},
     ]  # fmt: skip
-    config = {"levels": levels, "sandbox": {"per_test_timeout_s": 2.0}, "kafka": kafka_section}
+    return {"levels": levels, "sandbox": {"per_test_timeout_s": 2.0}, "kafka": kafka_section}
+
+
+def write_replay_config(
+    work_dir: Path, bootstrap_servers: str, n_tasks: int, delivery: Delivery, **kafka: Any
+) -> tuple[Path, KafkaConfig]:
+    """`replay_config` as a file for `streamcascade serve --config`."""
+    config = replay_config(work_dir, bootstrap_servers, n_tasks, delivery=delivery, **kafka)
     path = work_dir / "service.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    return path, KafkaConfig.model_validate(kafka_section)
+    return path, KafkaConfig.model_validate(config["kafka"])
 
 
 class AnswerCounter:
