@@ -1,7 +1,7 @@
 """Fault runs of the service on a real broker: SIGKILL and restart the service,
-restart the broker mid-stream, kill one of two instances in a group. Each run
-feeds N requests and counts what came out: answers, distinct ids, duplicates
-and lost requests.
+restart the broker mid-stream, a second instance joining mid-stream and then
+the first one killed. Each run feeds N requests and counts what came out:
+answers, distinct ids, duplicates and lost requests.
 
 The service runs as real processes (`python -m streamcascade serve`) on the
 replay backend, with recordings written here, so the runs need no model and no
@@ -248,10 +248,6 @@ def run_fault(
     n_faults = 0
     with AnswerCounter(kafka) as answers:
         first.start()
-        if scenario == "group-kill":
-            second = ServiceProcess(config_path, "i2", work_dir)
-            second.start()
-            services.append(second)
         feed(kafka, [request_value(i) for i in range(n_requests)])
 
         def progressed(to: int) -> None:
@@ -272,6 +268,13 @@ def run_fault(
             time.sleep(3.0)
             broker.start()
         elif scenario == "group-kill":
+            # The second instance joins while the first is in a batch (a
+            # rebalance mid-batch), then the first dies and the second takes
+            # over its partitions after the session timeout.
+            progressed(int(n_requests * rng.uniform(0.05, 0.15)))
+            second = ServiceProcess(config_path, "i2", work_dir)
+            second.start()
+            services.append(second)
             progressed(n_requests // 3)
             first.kill()
             n_faults += 1

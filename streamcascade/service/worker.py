@@ -213,21 +213,62 @@ def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
         consumer.close()
 
 
-class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Counts and logs partition assignments of the requests consumer."""
+def release_parked_records(consumer: Any) -> None:
+    """Work around a kafka-python 3.0.12 fetcher bug (its port of KAFKA-7548).
 
-    def __init__(self, stats: ServiceStats, stopping: Callable[[], bool]) -> None:
+    Records already fetched for a partition that gets paused are parked, and
+    the partition is not fetched again until they are handed back. They are
+    handed back only while the fetcher's in-line slot is None, but a drained
+    record set stays in that slot (empty, never None): once another
+    partition's records have been consumed, the parked partition is never
+    read again. That left one partition of a group unread for good after a
+    rebalance in the middle of a batch. Emptying a drained slot before each
+    poll lets the parked records back. A no-op on a fetcher without these
+    fields."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    in_line = getattr(fetcher, "_next_partition_records", None)
+    if in_line is not None and not in_line and getattr(fetcher, "_paused_partition_records", None):
+        fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+
+class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Counts and logs rebalances of the requests consumer, and reports the
+    partitions it no longer holds. Under the eager protocol every partition is
+    "revoked" first, but kafka-python keeps the position of those it is given
+    again, so only what is missing from the new assignment (or lost with the
+    membership) is reported."""
+
+    def __init__(
+        self,
+        stats: ServiceStats,
+        stopping: Callable[[], bool],
+        assignment: Callable[[], set[Any]],
+        on_lost: Callable[[set[Any]], None],
+    ) -> None:
         self.stats = stats
         self.stopping = stopping
+        self.assignment = assignment
+        self.on_lost = on_lost
+        self.owned: set[Any] = set()
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked and not self.stopping():  # leaving the group on close is no rebalance
             self.stats.n_revocations += 1
             log.info("partitions revoked: %s", sorted(str(p) for p in revoked))
 
+    def on_partitions_lost(self, lost: Any) -> None:
+        log.warning("partitions lost with the group membership: %s", sorted(map(str, lost)))
+        self.stats.n_revocations += 1
+        self.owned -= set(lost)
+        self.on_lost(set(lost))
+
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.stats.n_assignments += 1
         log.info("partitions assigned: %s", sorted(str(p) for p in assigned))
+        current = set(self.assignment())
+        lost, self.owned = self.owned - current, current
+        if lost:
+            self.on_lost(lost)
 
 
 class CascadeService:
@@ -255,6 +296,8 @@ class CascadeService:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cascade")
         self._since_snapshot = 0
         self._carried: dict[Any, list[Any]] = {}
+        # Partitions given to another instance since the batch in hand was taken.
+        self._lost: set[Any] = set()
         self._consumer: Any = None
         self._inbox: Any = None
         # Set on the worker thread by the learner, drained here after each batch.
@@ -299,7 +342,10 @@ class CascadeService:
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 4),
         )
         self._consumer.subscribe(
-            [config.topics.requests], listener=_Rebalances(self.stats, self._stop.is_set)
+            [config.topics.requests],
+            listener=_Rebalances(
+                self.stats, self._stop.is_set, self._consumer.assignment, self._on_lost
+            ),
         )
         # Its own group per instance (for its committed offsets): every replica
         # sees every feedback record and every other replica's learning events.
@@ -347,9 +393,7 @@ class CascadeService:
         try:
             while not self._stop.is_set():
                 self._learn_from_inbox()
-                batch = self._carried or self._consumer.poll(
-                    timeout_ms=int(1000 * config.poll_timeout_s)
-                )
+                batch = self._carried or self._poll(int(1000 * config.poll_timeout_s))
                 self._carried = {}
                 if batch:
                     self._last_records_s = time.monotonic()
@@ -430,8 +474,9 @@ class CascadeService:
         """Answer one polled batch and commit it, or rewind it on failure."""
         from kafka import OffsetAndMetadata
 
-        outputs: list[_Output] = []
-        jobs: list[tuple[Any, CodeRequest, Future[CascadeAnswer]]] = []
+        self._lost = set()
+        rejected: list[tuple[Any, _Output]] = []
+        jobs: list[tuple[Any, Any, CodeRequest, Future[CascadeAnswer]]] = []
         first: dict[Any, int] = {}
         offsets: dict[Any, Any] = {}
         for partition, records in batch.items():
@@ -441,14 +486,28 @@ class CascadeService:
                 self.stats.n_requests += 1
                 parsed = parse_request(record.value, self.config.max_request_bytes)
                 if isinstance(parsed, Rejected):
-                    outputs.append(self._dead_letter(record, parsed.reason, parsed.error_type))
+                    rejected.append(
+                        (partition, self._dead_letter(record, parsed.reason, parsed.error_type))
+                    )
                 else:
-                    jobs.append((record, parsed, self._worker.submit(self._answer, parsed)))
-        if not self._wait_for(jobs):
+                    future = self._worker.submit(self._answer, parsed)
+                    jobs.append((partition, record, parsed, future))
+        if not self._wait_for([job for *_, job in jobs]):
             log.warning("stopping with %d requests unanswered: handed back uncommitted", len(jobs))
             return
+        # A partition handed to another instance meanwhile is read there from its
+        # committed offset: answering its records here too would answer them twice.
+        lost = self._lost
+        if lost:
+            n_left = sum(len(records) for partition, records in batch.items() if partition in lost)
+            log.info("%d requests of partitions handed over mid-batch left to their new owner",
+                     n_left)  # fmt: skip
+            offsets = {p: offset for p, offset in offsets.items() if p not in lost}
+        outputs = [output for partition, output in rejected if partition not in lost]
         n_answers = n_failed = 0
-        for record, request, job in jobs:
+        for partition, record, request, job in jobs:
+            if partition in lost:
+                continue
             error = job.exception()
             if error is None:
                 answer = job.result()
@@ -485,11 +544,12 @@ class CascadeService:
             self._on_batch(self.stats)
 
     def _unstick(self, idle_s: float = 10.0) -> None:
-        """Between batches nothing is paused, and a partition with records left
-        is fetched. A rebalance in the middle of a batch once left one partition
-        of kafka-python's consumer unfetched for good (its committed offset
-        stuck while the log went on); after `idle_s` without records, owned
-        partitions that lag are resumed and re-seeked to their position."""
+        """Between batches nothing is paused; after `idle_s` without records, an
+        owned partition that lags is reported (with what the fetcher holds
+        parked) and re-seeked to its position. A watchdog: the one stall seen
+        so far, a partition never read again after a rebalance in a batch, was
+        kafka-python's parked records (see `release_parked_records`), which a
+        seek does not release."""
         consumer = self._consumer
         paused = consumer.paused()
         if paused:
@@ -510,22 +570,37 @@ class CascadeService:
                 position = consumer.position(partition)
                 if position is not None and position < end[partition]:
                     idle_for_s = now - self._last_records_s
+                    parked = getattr(getattr(consumer, "_fetcher", None),
+                                     "_paused_partition_records", {})  # fmt: skip
                     log.warning(
-                        "%s lags (%d of %d) with nothing fetched for %.0f s: re-seeking",
+                        "%s lags (%d of %d) with nothing fetched for %.0f s (parked: %s): "
+                        "re-seeking",
                         partition, position, end[partition], idle_for_s,
+                        sorted(map(str, parked)),
                     )  # fmt: skip
                     consumer.seek(partition, position)
         except KafkaError as error:
             log.warning("lag check failed: %r", error)
 
+    def _on_lost(self, partitions: set[Any]) -> None:
+        """Called in a poll: what was read from these partitions is another
+        instance's to answer now."""
+        self._lost |= partitions
+        for partition in partitions:
+            self._carried.pop(partition, None)
+
+    def _poll(self, timeout_ms: int) -> dict[Any, list[Any]]:
+        release_parked_records(self._consumer)
+        polled: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=timeout_ms)
+        return polled
+
     def _answer(self, request: CodeRequest) -> CascadeAnswer:
         return self.engine.process_one(request)
 
-    def _wait_for(self, jobs: list[tuple[Any, CodeRequest, Future[CascadeAnswer]]]) -> bool:
+    def _wait_for(self, pending: list[Future[CascadeAnswer]]) -> bool:
         """Keep polling (partitions paused) until the worker is done. False when a
         stop's grace period ran out first."""
         consumer = self._consumer
-        pending = [job for _, _, job in jobs]
         paused = set(consumer.assignment())
         consumer.pause(*paused)
         try:
@@ -536,7 +611,7 @@ class CascadeService:
                     return False
                 # Keeps the group membership alive; partitions assigned meanwhile
                 # are not paused yet, so what they return is carried to the next batch.
-                for partition, records in consumer.poll(timeout_ms=100).items():
+                for partition, records in self._poll(100).items():
                     self._carried.setdefault(partition, []).extend(records)
                 fresh = set(consumer.assignment()) - paused
                 if fresh:
