@@ -127,6 +127,21 @@ def test_feedback_changes_the_policy_and_unknown_feedback_is_counted() -> None:
     assert learner.n_feedback_unmatched == 1
 
 
+def test_a_failed_top_level_answer_leaves_the_exemplar_memory() -> None:
+    config = LearningConfig(enabled=True, level0=False, memory=MemoryConfig(enabled=True))
+    learner = CascadeLearner(config, 2)
+    for request_id in ("top-ok", "top-bad"):
+        request = CodeRequest(id=request_id, prompt="def f(x):\n    pass\n", entry_point="f")
+        trace = learner.plan(request)
+        learner.record_top(trace, 1.0, 0.01)
+        learner.finish(trace, 1, {}, "def f(x):\n    return 1", True)
+    assert {"top-ok", "top-bad"} <= set(learner.memory.entries)
+    assert not learner.learn_one(Feedback(id="top-ok", passed=True))  # nothing to learn
+    assert learner.learn_one(Feedback(id="top-bad", passed=False))
+    assert set(learner.memory.entries) == {"top-ok"}
+    assert learner.n_feedback_unmatched == 0
+
+
 def test_imitation_labels_tell_programs_apart_on_probe_inputs(sandbox: Sandbox) -> None:
     calls = probe_calls(["assert double(2) == 4"], "double")
     assert calls[0] == "double(2)" and len(calls) > 1

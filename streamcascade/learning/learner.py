@@ -362,6 +362,10 @@ class CascadeLearner:
                 trace.features, published_position, False, published.score,
                 min(1.0, max(published.p_act_accept, 1e-3)), published.right is not None,
             ))  # fmt: skip
+        else:  # the top level: no policy to teach, but a failed answer is no exemplar
+            self._remember(trace.request.id, Pending(
+                trace.features, published_position, False, published.score, 1.0, False,
+            ))  # fmt: skip
         # Memory: the top level's tested answers; credit exemplars that were shown.
         first = steps.get(0)
         if trace.exemplar_ids and first is not None and first.right is not None:
@@ -539,13 +543,21 @@ class CascadeLearner:
 
     def learn_one(self, feedback: Feedback) -> bool:
         """Learn from a downstream outcome of a published answer. False when the
-        answer is unknown here (too old, or published before a restart)."""
+        answer is unknown here (too old, or published before a restart), or when
+        there was nothing to learn from it."""
         self.n_feedback += 1
         pending = self.pending.pop(feedback.id, None)
         if pending is None:
             self.n_feedback_unmatched += 1
             log.warning("feedback for unknown or expired answer %s: not learned", feedback.id)
             return False
+        if not pending.classification and pending.position == self.n_levels - 1:
+            # The top level answered: downstream saying it failed takes it out of
+            # the exemplar memory, so it is never shown as an example again.
+            if feedback.passed or not self.memory.forget(feedback.id):
+                log.debug("feedback on top-level answer %s: nothing to learn", feedback.id)
+                return False
+            return True
         wrong = float(not feedback.passed)
         if pending.classification:
             # Level 0's own label, or an LLM level's vote, on a classification request.

@@ -108,6 +108,10 @@ class ExemplarMemory:
         scored.sort(key=lambda pair: (-pair[0], pair[1].request_id))
         return scored[: self.config.k_examples]
 
+    def forget(self, request_id: str) -> bool:
+        """Drop an exemplar (its answer turned out wrong); whether it was here."""
+        return self.entries.pop(request_id, None) is not None
+
     def record_outcome(self, shown: list[str], helped: bool) -> None:
         for request_id in shown:
             entry = self.entries.get(request_id)
