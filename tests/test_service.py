@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from kafka import OffsetAndMetadata
 
 from streamcascade.cascade.build import build_engine
 from streamcascade.config import AppConfig, KafkaConfig
@@ -30,6 +31,8 @@ from streamcascade.service.worker import (
     CascadeService,
     Engine,
     ServiceStats,
+    _BatchFailed,
+    _Output,
     _Rebalances,
     ensure_topics,
     read_latest_state,
@@ -540,3 +543,81 @@ def test_the_rebalance_listener_reports_only_partitions_no_longer_held() -> None
     listener.on_partitions_assigned(held)
     listener.on_partitions_lost({"p0", "p2"})
     assert lost == [{"p1"}, {"p0", "p2"}]
+
+
+def _stale_and_fresh_metadata(kafka: LocalKafka, topic: str, group: str) -> tuple[Any, Any, Any]:
+    """A group member, its group metadata, and the metadata after it rejoined
+    (a new generation: the first is stale, as after a rebalance)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=group,
+                             enable_auto_commit=False, session_timeout_ms=6000)  # fmt: skip
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=200)
+    stale = consumer.group_metadata()
+    consumer.unsubscribe()
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=200)
+    assert consumer.group_metadata().generation_id != stale.generation_id
+    return consumer, stale, consumer.group_metadata()
+
+
+def _wait_committed(consumer: Any, partition: Any, offset: int) -> None:
+    """Transactional offsets become visible once the commit markers are written."""
+    wait_for(lambda: consumer.committed(partition) == offset, 30.0)
+
+
+def test_offsets_of_a_failed_transaction_are_never_committed_by_the_next(
+    kafka: LocalKafka,
+) -> None:
+    """kafka-python 3.0.12 keeps the offsets of a transaction whose offset commit
+    failed (stale group metadata after a rebalance) and commits them with the
+    next transaction: a fault run lost a batch that way. The service replaces
+    its producer after a failed transaction."""
+    from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+
+    topic = f"txn-{time.monotonic_ns()}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin.create_topics([NewTopic(topic, 2, 1), NewTopic(f"{topic}.out", 1, 1)])
+    admin.close()
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    out = _Output(f"{topic}.out", b"k", b"v", [])
+
+    # The library alone: the stale offset for p0 rides along with p1's.
+    consumer, stale, fresh = _stale_and_fresh_metadata(kafka, topic, f"{topic}-raw")
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers,
+                             transactional_id=f"{topic}-raw")  # fmt: skip
+    producer.init_transactions()
+    producer.begin_transaction()
+    with pytest.raises(Exception, match=r"IllegalGeneration|UnknownMember"):
+        producer.send_offsets_to_transaction({p0: OffsetAndMetadata(100, "", -1)}, stale)
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.send_offsets_to_transaction({p1: OffsetAndMetadata(5, "", -1)}, fresh)
+    producer.commit_transaction()
+    producer.close()
+    _wait_committed(consumer, p1, 5)
+    # When this fails, kafka-python clears them on abort: the rebuild can go.
+    assert consumer.committed(p0) == 100, "kafka-python no longer carries failed offsets over"
+    consumer.close()
+
+    # The service: the failed batch's offset is never committed.
+    consumer, stale, _ = _stale_and_fresh_metadata(kafka, topic, f"{topic}-service")
+    config = KafkaConfig(bootstrap_servers=[kafka.bootstrap_servers], group_id=f"{topic}-service",
+                         delivery="exactly_once", instance_id="txn")  # fmt: skip
+    service = CascadeService(config, _EchoEngine())
+    service._consumer = consumer
+    service._producer = service._new_producer()
+    real_metadata = consumer.group_metadata
+    consumer.group_metadata = lambda: stale  # the rebalance came between poll and commit
+    with pytest.raises(_BatchFailed):
+        service._write([out], {p0: OffsetAndMetadata(100, "", -1)})
+    consumer.group_metadata = real_metadata
+    service._write([out], {p1: OffsetAndMetadata(5, "", -1)})
+    _wait_committed(consumer, p1, 5)
+    assert consumer.committed(p0) is None
+    service._producer.close()
+    consumer.close()

@@ -430,8 +430,8 @@ class CascadeService:
         return producer
 
     def _replace_producer(self, why: str) -> None:
-        """A stuck transactional producer is dropped (closed in the background,
-        since closing it may block too) and a new one fences it."""
+        """A stuck or failed transactional producer is dropped (closed in the
+        background, since closing it may block too) and a new one fences it."""
         log.warning("rebuilding the producer: %s", why)
         old = self._producer
 
@@ -500,8 +500,9 @@ class CascadeService:
         lost = self._lost
         if lost:
             n_left = sum(len(records) for partition, records in batch.items() if partition in lost)
-            log.info("%d requests of partitions handed over mid-batch left to their new owner",
-                     n_left)  # fmt: skip
+            if n_left:
+                log.info("%d requests of partitions handed over mid-batch left to their new owner",
+                         n_left)  # fmt: skip
             offsets = {p: offset for p, offset in offsets.items() if p not in lost}
         outputs = [output for partition, output in rejected if partition not in lost]
         n_answers = n_failed = 0
@@ -644,7 +645,12 @@ class CascadeService:
                 self._replace_producer(str(error))
                 raise _BatchFailed(str(error)) from error
             except KafkaError as error:
-                self._abort()
+                # Not just aborted: kafka-python 3.0.12 keeps offsets whose commit
+                # failed (a rebalance: IllegalGeneration) and commits them with the
+                # next transaction, whose answers do not hold them: requests lost.
+                # A new producer (same transactional id) aborts this one and
+                # starts clean.
+                self._replace_producer(f"transaction failed: {error!r}")
                 raise _BatchFailed(repr(error)) from error
             return
         try:
