@@ -34,6 +34,7 @@ from streamcascade.service.worker import (
     _BatchFailed,
     _Output,
     _Rebalances,
+    close_at_once,
     ensure_topics,
     read_latest_state,
     release_parked_records,
@@ -621,3 +622,29 @@ def test_offsets_of_a_failed_transaction_are_never_committed_by_the_next(
     assert consumer.committed(p0) is None
     service._producer.close()
     consumer.close()
+
+
+def test_a_producer_with_unsent_records_closes_at_once(tmp_path: Path) -> None:
+    """kafka-python 3.0.12's close(timeout=0) raises while records are unsent and
+    leaves the sender running until they expire (2 min); `close_at_once` ends it."""
+    from kafka import KafkaProducer
+
+    with LocalKafka(tmp_path / "kafka", partitions=1) as broker:
+        ensure_topics(KafkaConfig(bootstrap_servers=[broker.bootstrap_servers]))
+        producers = []
+        for _ in range(2):
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+            producer.send("code.answers", value=b"sent").get(timeout=30)
+            producers.append(producer)
+        broker.stop()
+        for producer in producers:
+            producer.send("code.answers", value=b"never sent")
+        plain, ours = producers
+        with pytest.raises(Exception, match="Timeout"):
+            plain.close(timeout=0)
+        time.sleep(1.0)
+        # When this fails, kafka-python force-closes on its own: drop close_at_once.
+        assert plain._sender.is_alive()
+        close_at_once(ours)
+        wait_for(lambda: not ours._sender.is_alive(), 10.0)
+        plain._sender.force_close()

@@ -213,6 +213,22 @@ def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
         consumer.close()
 
 
+def close_at_once(producer: Any) -> None:
+    """Close a producer without waiting for its unsent records. kafka-python
+    3.0.12's `close(timeout=0)` flushes first and raises when records are
+    still unsent, before it force-closes its sender thread; that thread then
+    lives on until the records expire (`delivery_timeout_ms`, 2 min), and a
+    fault run's replacement producer crawled until it died. So the sender is
+    force-closed here when `close` gives up."""
+    try:
+        producer.close(timeout=0)
+    except Exception as error:  # a stuck producer's own errors are expected
+        log.debug("closing a producer: %r", error)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and sender.is_alive():
+            sender.force_close()
+
+
 def release_parked_records(consumer: Any) -> None:
     """Work around a kafka-python 3.0.12 fetcher bug (its port of KAFKA-7548).
 
@@ -435,13 +451,7 @@ class CascadeService:
         log.warning("rebuilding the producer: %s", why)
         old = self._producer
 
-        def close_quietly() -> None:
-            try:
-                old.close(timeout=0)
-            except Exception as error:  # it was stuck: its own errors are expected
-                log.debug("closing the stuck producer: %r", error)
-
-        threading.Thread(target=close_quietly, daemon=True).start()
+        threading.Thread(target=close_at_once, args=(old,), daemon=True).start()
         from kafka.errors import KafkaError
 
         while True:
