@@ -361,6 +361,18 @@ def test_cluster_ids_never_look_like_options() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
+def _create_topics(broker: LocalKafka, partitions: dict[str, int]) -> None:
+    """Topics by name and partition count (the broker does not auto-create them)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(name, n, 1) for name, n in partitions.items()])
+    finally:
+        admin.close()
+
+
 def _read_with_a_pause(broker: LocalKafka, topic: str, release: bool) -> dict[int, int]:
     """Records read per partition when the first partition to return records is
     paused at once, the other one is read to its end, and the first is resumed."""
@@ -401,13 +413,10 @@ def test_a_partition_paused_with_records_in_line_is_read_again_once_resumed(
     strands a paused partition's parked records for good once another
     partition's records were read (a group-kill fault run once lost a quarter
     of the stream to it); `release_parked_records` before each poll frees them."""
-    from kafka import KafkaAdminClient, KafkaProducer
-    from kafka.admin import NewTopic
+    from kafka import KafkaProducer
 
     topic = f"parked-{time.monotonic_ns()}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    admin.create_topics([NewTopic(topic, 2, 1)])
-    admin.close()
+    _create_topics(kafka, {topic: 2})
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=50)
     for partition in (0, 1):
         for _ in range(200):
@@ -577,13 +586,10 @@ def test_offsets_of_a_failed_transaction_are_never_committed_by_the_next(
     failed (stale group metadata after a rebalance) and commits them with the
     next transaction: a fault run lost a batch that way. The service replaces
     its producer after a failed transaction."""
-    from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
-    from kafka.admin import NewTopic
+    from kafka import KafkaProducer, TopicPartition
 
     topic = f"txn-{time.monotonic_ns()}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    admin.create_topics([NewTopic(topic, 2, 1), NewTopic(f"{topic}.out", 1, 1)])
-    admin.close()
+    _create_topics(kafka, {topic: 2, f"{topic}.out": 1})
     p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
     out = _Output(f"{topic}.out", b"k", b"v", [])
 
