@@ -8,7 +8,6 @@ composed from exactly the attempts each level made.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 from streamcascade.backends import BackendPool
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
-from streamcascade.config import AppConfig, LevelConfig, ReplayBackendConfig, SandboxConfig
+from streamcascade.config import AppConfig
 from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm
 from streamcascade.metrics import RunSummary, format_table
@@ -28,14 +27,6 @@ from streamcascade.selfcheck.execution import run_candidates
 from streamcascade.selfcheck.scoring import select_by_dual_agreement, select_by_pass_rate
 
 log = logging.getLogger(__name__)
-
-# USD per 1M tokens (in, out) for the recorded ladder, cheapest first.
-LADDER_PRICES: dict[str, tuple[float, float]] = {
-    "starcoder-15b": (0.30, 0.30),
-    "codellama-34b-instruct": (0.78, 0.78),
-    "gpt-3.5-turbo-0613": (1.50, 2.00),
-    "gpt-4-1106-preview": (10.0, 30.0),
-}
 
 
 class CachingLevel(Level):
@@ -81,47 +72,6 @@ class BenchReport:
             "reference_cost_usd": self.reference_cost_usd,
             "configurations": [s.as_dict(self.reference_cost_usd) for s in self.summaries],
         }
-
-
-def ladder_requests(path: Path) -> list[CodeRequest]:
-    """Requests from a humaneval-ladder file: its given tests are the visible ones."""
-    requests = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            requests.append(
-                CodeRequest(
-                    id=row["task_id"],
-                    prompt=row["prompt"],
-                    entry_point=row["entry_point"],
-                    visible_tests=list(row.get("given_tests") or []),
-                    reference_tests=row["test"],
-                )
-            )
-    return requests
-
-
-def ladder_config(directory: Path, sandbox: SandboxConfig | None = None) -> AppConfig:
-    """The four recorded models as a cascade that accepts the first answer passing
-    its visible tests (one solution each, no generated tests)."""
-    levels = []
-    names = list(LADDER_PRICES)
-    for position, name in enumerate(names):
-        price_in, price_out = LADDER_PRICES[name]
-        levels.append(
-            LevelConfig(
-                name=name,
-                backend=ReplayBackendConfig(
-                    format="ladder", path=directory / f"{name}.jsonl", name=name
-                ),
-                k_solutions=1,
-                t_test_generations=0,
-                threshold=1.0 if position < len(names) - 1 else 0.0,
-                price_in_usd_per_1m=price_in,
-                price_out_usd_per_1m=price_out,
-            )
-        )
-    return AppConfig(levels=levels, sandbox=sandbox or SandboxConfig())
 
 
 def run_bench(

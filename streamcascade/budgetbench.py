@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from streamcascade.backends.replay import CodeTReplayBackend, TokenCounter
-from streamcascade.bench import LADDER_PRICES, ladder_config, ladder_requests
 from streamcascade.evaluation import grade_many
+from streamcascade.ladder import LadderSpec, ladder_config, ladder_requests, problems_file
 from streamcascade.learning.budget import (
     Arm,
     ArmFigures,
@@ -41,7 +41,6 @@ K_GRID = (1, 5, 20, 100)
 T_GRID = (0, 1, 5, 20, 100)
 L_GRID = (1, 3, 5)
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-LEVEL1_MODEL = "starcoder-15b"  # CodeGen-16B is priced like the ladder's 15B model
 
 Progress = Callable[[Iterable[str], str], Iterable[str]]
 
@@ -76,6 +75,8 @@ def all_arms() -> list[Arm]:
 def build_tables(
     codet_dir: Path,
     ladder_dir: Path,
+    spec: LadderSpec,
+    codet_price: tuple[float, float],
     sandbox: Sandbox,
     grader: Sandbox,
     problems: dict[str, dict[str, Any]],
@@ -89,10 +90,10 @@ def build_tables(
     tokens = TokenCounter()
     with (codet_dir / "prompts-for-tests.jsonl").open(encoding="utf-8") as handle:
         test_prompts = {row["task_id"]: row["prompt"] for row in map(json.loads, handle)}
-    top = ladder_config(ladder_dir).levels[-1]
+    top = ladder_config(ladder_dir, spec).levels[-1]
     top_level = Level(2, top, BackendPool(None, False).get(top.backend), sandbox)
-    requests = {r.id: r for r in ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")}
-    price_in, price_out = LADDER_PRICES[LEVEL1_MODEL]
+    requests = {r.id: r for r in ladder_requests(problems_file(ladder_dir, spec))[0]}
+    price_in, price_out = codet_price
     wrap = progress or (lambda items, _label: items)
     tables = {}
     for task_id in wrap(list(backend.prompts)[:limit], "tasks"):
@@ -280,6 +281,8 @@ SERVICE_T_GRID = (0, 1, 5, 20)
 def service_budget(
     codet_dir: Path,
     ladder_dir: Path,
+    spec: LadderSpec,
+    codet_price: tuple[float, float],
     sandbox: Sandbox,
     grader: Sandbox,
     budget_shares: Sequence[float] = (0.1, 0.2, 0.4),
@@ -306,14 +309,14 @@ def service_budget(
     from streamcascade.learning.learner import CascadeLearner
 
     wrap = progress or (lambda items, _label: items)
-    requests = ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")
+    requests = ladder_requests(problems_file(ladder_dir, spec))[0]
     known = set(CodeTReplayBackend(codet_dir).prompts)
     requests = [r for r in requests if r.id in known][:limit]
     random.Random(seed).shuffle(requests)
     pool = BackendPool(None, False)
-    top_config = ladder_config(ladder_dir).levels[-1]
+    top_config = ladder_config(ladder_dir, spec).levels[-1]
     top = CachingLevel(Level(2, top_config, pool.get(top_config.backend), sandbox))
-    price_in, price_out = LADDER_PRICES[LEVEL1_MODEL]
+    price_in, price_out = codet_price
     level1_config = LevelConfig(
         name="codegen-16b",
         backend=ReplayBackendConfig(format="codet", path=codet_dir, name="codegen-16b-mono"),

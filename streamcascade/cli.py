@@ -133,13 +133,7 @@ def _bench_outputs(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamcascade.bench import (
-        codet_bench,
-        ladder_config,
-        ladder_requests,
-        plot_cost_quality,
-        run_bench,
-    )
+    from streamcascade.bench import codet_bench, plot_cost_quality, run_bench
     from streamcascade.config import SandboxConfig
     from streamcascade.sandbox import Sandbox
 
@@ -163,13 +157,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
 
     config: AppConfig
+    extra: list[tuple[str, list[int]]] = []
     if args.ladder:
-        ladder_dir = Path(args.ladder)
-        config = ladder_config(ladder_dir)
-        requests = ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")[: args.limit]
+        config, requests = _ladder(args, out_dir)
         name = "ladder"
-        # gpt-3.5 then gpt-4, the two-level cascade worth comparing with.
-        extra: list[tuple[str, list[int]]] = [("cascade gpt-3.5 > gpt-4", [2, 3])]
+        n = len(config.levels)
+        if n >= 3:
+            # The two most capable levels alone, the two-level cascade worth comparing with.
+            pair = f"cascade {config.levels[-2].name} > {config.levels[-1].name}"
+            extra = [(pair, [n - 2, n - 1])]
     else:
         config = load_config(Path(args.config) if args.config else None)
         requests = []
@@ -177,7 +173,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if record.request is not None:
                 requests.append(record.request)
         name = "cascade"
-        extra = []
     with Sandbox(config.sandbox) as sandbox, Sandbox(grader_config) as grader:
         report = run_bench(
             config,
@@ -197,25 +192,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ladder(args: argparse.Namespace, out_dir: Path) -> tuple[AppConfig, list[Any]]:
+    """The --ladder directory as a cascade, with --models naming its models, order
+    and prices; rows that are not requests, or that a model lacks, are dead
+    letters (written beside the results), never a crash."""
+    from streamcascade.ladder import ladder_config, parse_ladder_spec, recorded_requests
+
+    if not args.models:
+        raise SystemExit(
+            "--ladder needs --models: a YAML file (see configs/ladders/) or "
+            "NAME=PRICE_IN/PRICE_OUT,... cheapest first (USD per 1M tokens)"
+        )
+    try:
+        spec = parse_ladder_spec(args.models)
+        directory = Path(args.ladder)
+        config = ladder_config(directory, spec)
+        requests, dead = recorded_requests(directory, spec)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if dead:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "ladder-dead-letters.jsonl"
+        path.write_text("".join(d.model_dump_json() + "\n" for d in dead), encoding="utf-8")
+        print(f"{len(dead)} rows are dead letters, with their reasons, in {path}")
+    if not requests:
+        raise SystemExit(f"error: {args.ladder}: no usable task")
+    return config, requests[: args.limit]
+
+
 def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
-    from streamcascade.bench import ladder_config, ladder_requests
     from streamcascade.config import SandboxConfig
-    from streamcascade.learnbench import LadderWorld, ladder_learn, real_learn
+    from streamcascade.learnbench import LadderWorld, real_learn
+    from streamcascade.routebench import route_learn
     from streamcascade.sandbox import Sandbox
 
     def progress(items: Any, label: str) -> Any:
         return _progress(items, label, not args.no_progress)
 
     if args.ladder:
-        ladder_dir = Path(args.ladder)
-        config = ladder_config(ladder_dir)
-        requests = ladder_requests(ladder_dir / "gpt-4-1106-preview.jsonl")[: args.limit]
+        config, requests = _ladder(args, out_dir)
         # Imitation probes run mutated inputs: a short per-probe limit keeps
         # a hanging probe from dominating the run.
         probe_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+        learning = load_config(Path(args.config)).learning if args.config else None
         with Sandbox(probe_config) as sandbox, Sandbox(grader_config) as grader:
             world = LadderWorld(config, requests, sandbox, grader, progress)
-            report = ladder_learn(world, out_dir, n_orders=args.orders, weight=args.weight)
+            report = route_learn(
+                world, out_dir, n_orders=args.orders, top_calls=1.0 / args.weight,
+                learning=learning,
+            )  # fmt: skip
         name = "learn-ladder"
     else:
         config = load_config(Path(args.config) if args.config else None)
@@ -254,10 +279,18 @@ def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -
         service_budget,
     )
     from streamcascade.config import SandboxConfig
+    from streamcascade.ladder import parse_ladder_spec, parse_price
     from streamcascade.sandbox import Sandbox
 
-    if not (args.codet and args.ladder):
-        raise SystemExit("--budget needs --codet DIR (level 1) and --ladder DIR (level 2)")
+    if not (args.codet and args.ladder and args.models and args.codet_price):
+        raise SystemExit(
+            "--budget needs --codet DIR (level 1), --codet-price IN/OUT, and --ladder DIR "
+            "with --models (its top model is level 2)"
+        )
+    try:
+        spec, codet_price = parse_ladder_spec(args.models), parse_price(args.codet_price)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     sandbox_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
     out_dir.mkdir(parents=True, exist_ok=True)
     codet, ladder = Path(args.codet), Path(args.ladder)
@@ -265,8 +298,9 @@ def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -
         progress = lambda items, label: _progress(items, label, not args.no_progress)  # noqa: E731
         if not args.service_only:
             tables = build_tables(
-                codet, ladder, sandbox, grader, read_problems(), args.limit, progress=progress
-            )
+                codet, ladder, spec, codet_price, sandbox, grader, read_problems(), args.limit,
+                progress=progress,
+            )  # fmt: skip
             text, payload, figures, front = budget_bench(tables, n_orders=args.orders)
             print(text)
             top_cost = sum(t.level2_cost_usd for t in tables.values()) / len(tables)
@@ -275,8 +309,8 @@ def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -
             print(f"wrote {_bench_outputs(out_dir, 'budget', payload)} and {png}")
         validation = max(1, min(40, (args.limit or 164) // 4))
         text, payload = service_budget(
-            codet, ladder, sandbox, grader, validation_requests=validation, limit=args.limit,
-            progress=progress,
+            codet, ladder, spec, codet_price, sandbox, grader, validation_requests=validation,
+            limit=args.limit, progress=progress,
         )  # fmt: skip
     print(text)
     print(f"wrote {_bench_outputs(out_dir, 'budget-service', payload)}")
@@ -450,7 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", help="YAML config (default: the embedded one)")
     bench.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
     bench.add_argument("--limit", type=int, help="first N requests only")
-    bench.add_argument("--ladder", help="replay the humaneval-ladder recordings in this directory")
+    bench.add_argument("--ladder", help="replay the recorded answers in this directory")
+    bench.add_argument(
+        "--models",
+        help="--ladder's models, cheapest first, and prices: a YAML file (configs/ladders/) "
+        "or NAME=PRICE_IN/PRICE_OUT,... in USD per 1M tokens",
+    )
+    bench.add_argument("--codet-price", help="--budget: CodeT level's price, IN/OUT per 1M")
     bench.add_argument("--codet", help="reproduce CodeT on the recordings in this directory")
     learn_help = (
         "the learning cascade against fixed baselines: regret, mu front and drift with "
@@ -463,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     service_help = "--budget: only the in-service run (budget arms inside OnlineCascadeEngine)"
     bench.add_argument("--service-only", action="store_true", help=service_help)
     bench.add_argument("--orders", type=int, default=5, help="--learn: random stream orders")
-    weight_help = "--learn: mu, as the wrong answers one top-level call is worth"
+    weight_help = "--learn: mu, as the wrong answers one top-level call is worth (1 / the "
+    weight_help += "top calls one wrong answer is worth)"
     bench.add_argument("--weight", type=float, default=0.3, help=weight_help)
     bench.add_argument("--out-dir", default="bench-out", help="where JSON and PNG go")
     bench.add_argument("--no-progress", action="store_true")

@@ -163,6 +163,60 @@ class BudgetArmsConfig(BaseModel):
         return sorted(set(values))
 
 
+class RouterConfig(BaseModel):
+    """The cascade router (`learning.policy: router`): at each step, stop or run
+    any level not run yet, by estimated quality minus mu times cost.
+
+    mu is set in the units a user thinks in: `top_calls_per_wrong_answer` says
+    how many calls of the top model one wrong answer is worth, and mu follows
+    the top model's observed cost; or `learning.budget_usd_per_request` /
+    `learning.budget_top_share` steer it.
+    """
+
+    model_config = _FROZEN
+    top_calls_per_wrong_answer: float = Field(
+        default=3.3,
+        gt=0,
+        description="One wrong answer weighs as much as this many calls of the top model.",
+    )
+    explore_floor: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Share of would-stop requests sent to the top anyway, for labels "
+        "(exploration is otherwise driven by the estimators' uncertainty).",
+    )
+    thompson: bool = Field(
+        default=True, description="Decide on one posterior draw of each quality estimate."
+    )
+    prior_precision: float = Field(
+        default=1.0, gt=0, description="Of the estimators' Gaussian prior on each weight."
+    )
+    forgetting: float = Field(
+        default=0.999, gt=0, le=1, description="Per update: old evidence fades, for drift."
+    )
+    top_quality: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="Prior quality of a top answer passing its tests (imitation cannot "
+        "label the top; reference labels and Feedback do).",
+    )
+    top_quality_failed: float = Field(default=0.3, gt=0, lt=1)
+    ex_ante_scale: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of the request's own features in the ex-ante estimates (0: not "
+        "used; on both recorded ladders they did not help, see the README).",
+    )
+    answer_margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Among answers estimated this close to the best, the latest level's wins.",
+    )
+
+
 class LearningConfig(BaseModel):
     """Online learning (issue 3): level 0, deferral policies, imitation, drift.
 
@@ -172,6 +226,13 @@ class LearningConfig(BaseModel):
 
     model_config = _FROZEN
     enabled: bool = False
+    policy: Literal["router", "hedge"] = Field(
+        default="router",
+        description="router: cascade routing on learned quality estimates (any level may "
+        "be skipped); hedge: a Hedge threshold policy per level, with the level-0 gate, "
+        "classification track and budget arms.",
+    )
+    router: RouterConfig = RouterConfig()
     mu: float = Field(default=100.0, ge=0.0, description="Weight of cost_usd in the loss (1/USD).")
     budget_usd_per_request: float | None = Field(
         default=None, gt=0, description="Steer mu online so the mean cost meets this budget."

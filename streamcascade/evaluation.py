@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 
 
+def _calls_check(code: str) -> bool:
+    """Whether the test code already calls `check(...)` at its top level (MBPP's do)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    return any(
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+        and node.value.func.id == "check"
+        for node in tree.body
+    )
+
+
 def reference_test(request: CodeRequest) -> str | None:
-    """HumanEval style: the reference code defines `check(candidate)`; call it."""
+    """HumanEval style: the reference code defines `check(candidate)`; call it,
+    unless the code calls it itself (with the function its asserts name, which
+    in MBPP is not always the entry point)."""
     if request.reference_tests is None:
         return None
+    if _calls_check(request.reference_tests):
+        return request.reference_tests
     return f"{request.reference_tests}\n\ncheck({request.entry_point})\n"
 
 

@@ -14,11 +14,9 @@ the best fixed threshold in hindsight on the same rounds.
 
 from __future__ import annotations
 
-import gc
 import logging
 import random
 import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +24,11 @@ from typing import Any
 
 from streamcascade.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
-from streamcascade.cascade.online import Labeler, LabelSource, OnlineCascadeEngine
+from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
 from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm
 from streamcascade.learning.learner import CascadeLearner
-from streamcascade.learning.router import Level0Router
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
 
@@ -116,16 +113,32 @@ class LadderWorld:
         wrap = progress or (lambda items, _label: items)
         self.correct: list[dict[str, bool]] = []
         self.cost: list[dict[str, float]] = []
+        self.passes: list[dict[str, bool]] = []
+        """Whether each level's answer passes its own tests (what a fixed rule sees)."""
         for level in self.levels:
             outcomes = {r.id: level.attempt(r) for r in wrap(self.requests, level.name)}
             graded = grade_many(grader, [(r, outcomes[r.id].code) for r in self.requests])
             self.correct.append({r.id: bool(g) for r, g in zip(self.requests, graded, strict=True)})
             self.cost.append({r.id: outcomes[r.id].attempt.cost_usd for r in self.requests})
+            self.passes.append(
+                {
+                    r.id: outcomes[r.id].attempt.best_solution_index is not None
+                    and outcomes[r.id].attempt.score >= 1.0
+                    for r in self.requests
+                }
+            )
         self.top_cost_usd = sum(self.cost[-1].values())
         # One labeler per label source, shared by every run: its cache of
         # imitation verdicts is what makes five orders cheap.
         self._labelers: dict[str, Labeler] = {}
         self.last_learner: CascadeLearner | None = None
+
+    def fixed_rule(self) -> Any:
+        """The fixed cascade as a pass/fail rule (see `routebench.Rule`)."""
+        rule: Any = None
+        for position in reversed(range(len(self.levels))):
+            rule = (position, None, rule)
+        return rule
 
     def labeler(self, learning: LearningConfig) -> Labeler:
         if learning.labels not in self._labelers:
@@ -209,32 +222,6 @@ class LadderWorld:
         return result
 
 
-def mu_for(world: LadderWorld, weight_of_top_call: float) -> float:
-    """mu such that one top-level call weighs `weight_of_top_call` wrong answers."""
-    return weight_of_top_call / world.mean_cost(len(world.levels) - 1)
-
-
-def level0_overhead_us(requests: Sequence[CodeRequest], passes: int = 5) -> dict[str, float]:
-    """Median and p99 microseconds of featurize + predict + learn, per request."""
-    router = Level0Router()
-    timings = []
-    rng = random.Random(0)
-    gc.collect()  # garbage left by earlier work should not be billed to level 0
-    for _ in range(passes):
-        for request in requests:
-            started = time.perf_counter()
-            features = router.featurizer.transform_one(request)
-            router.predict_features(features)
-            router.learn_features(features, rng.random() < 0.5)
-            timings.append(time.perf_counter() - started)
-    timings.sort()
-    return {
-        "median_us": 1e6 * statistics.median(timings),
-        "p99_us": 1e6 * timings[int(0.99 * (len(timings) - 1))],
-        "n": float(len(timings)),
-    }
-
-
 def orders(requests: Sequence[CodeRequest], n_orders: int) -> list[list[CodeRequest]]:
     result = []
     for seed in range(n_orders):
@@ -242,16 +229,6 @@ def orders(requests: Sequence[CodeRequest], n_orders: int) -> list[list[CodeRequ
         random.Random(seed).shuffle(shuffled)
         result.append(shuffled)
     return result
-
-
-def settle_index(curve: Sequence[float], start: int, slope: float = 0.02) -> int | None:
-    """Rounds after `start` until the regret curve's average slope from then to
-    the end stays at most `slope` per round; None if it never does."""
-    end = len(curve) - 1
-    for t in range(start, end):
-        if all((curve[u] - curve[t]) / (u - t) <= slope for u in range(t + 1, end + 1)):
-            return t - start
-    return None
 
 
 def summarise(results: Sequence[StreamResult], top_cost_usd: float) -> dict[str, Any]:
@@ -317,75 +294,6 @@ class SwitchLevel(Level):
         return (self.after if self.switched else self.before).attempt(request, exemplars, arm)
 
 
-def _switching(
-    stream: Sequence[CodeRequest], switch: SwitchLevel, at: int
-) -> Iterable[CodeRequest]:
-    """Yields the stream, swapping the level's model just before request `at`."""
-    for index, request in enumerate(stream):
-        switch.switched = index >= at
-        yield request
-
-
-@dataclass
-class DriftReport:
-    name: str
-    pass_before: float
-    pass_after: float
-    cost_pct_before: float
-    cost_pct_after: float
-    regret_before: float
-    regret_after: float
-    settle_rounds: int | None
-    n_restarts: int
-    curve_after: list[float]
-
-
-def drift_run(
-    world: LadderWorld,
-    learning: LearningConfig,
-    swapped: int,
-    replacement: int,
-    n_orders: int,
-) -> list[DriftReport]:
-    """Two passes over the tasks in fresh random orders; from the second on, the
-    level at position `swapped` answers with the model at `replacement`."""
-    reports = []
-    half = len(world.requests)
-    for seed in range(n_orders):
-        first, second = orders(world.requests, 2 * seed + 2)[-2:]
-        stream = first + second
-        switch = SwitchLevel(world.levels[swapped], world.levels[replacement])
-        levels = [switch if p == swapped else lvl for p, lvl in enumerate(world.levels)]
-
-        def truth(position: int, request: CodeRequest, _switch: SwitchLevel = switch) -> bool:
-            source = replacement if position == swapped and _switch.switched else position
-            return world.correct[source][request.id]
-
-        result = world.learned(
-            learning, _switching(stream, switch, half), "drift", levels, truth, switch_at=half
-        )
-        n1, p1, c1 = result.phase_results[0]
-        top_half = world.top_cost_usd
-        learner = world.last_learner
-        assert learner is not None
-        curve = result.regret_curves.get(swapped + 1, [])
-        reports.append(
-            DriftReport(
-                name="drift detection on" if learning.drift else "drift detection off",
-                pass_before=p1 / n1,
-                pass_after=(result.n_passed - p1) / (result.n - n1),
-                cost_pct_before=100 * c1 / top_half,
-                cost_pct_after=100 * (result.cost_usd - c1) / top_half,
-                regret_before=result.phase_curves.get(swapped + 1, [0.0])[-1],
-                regret_after=curve[-1] if curve else 0.0,
-                settle_rounds=settle_index(curve, 0) if curve else None,
-                n_restarts=sum(p.n_restarts for p in learner.policies),
-                curve_after=curve,
-            )
-        )
-    return reports
-
-
 def _plt() -> Any:
     import matplotlib
 
@@ -393,17 +301,6 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _finish(plt: Any, fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_regret(results: Sequence[StreamResult], path: Path, title: str) -> None:
@@ -425,175 +322,11 @@ def plot_regret(results: Sequence[StreamResult], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def plot_front(
-    fronts: dict[str, list[tuple[float, float, float]]],
-    baselines: Sequence[dict[str, Any]],
-    path: Path,
-    title: str,
-) -> None:
-    """`fronts[name]` = [(weight of a top call, cost %, pass@1)] as mu varies."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in fronts.items():
-        ax.plot([c for _, c, _ in points], [100 * q for _, _, q in points], marker="o", label=name)
-        for w, c, q in points:
-            ax.annotate(
-                f"{w:g}", (c, 100 * q), fontsize=6, xytext=(3, -8), textcoords="offset points"
-            )
-    for row in baselines:
-        ax.scatter(row["cost_pct_mean"], 100 * row["pass_at_1_mean"], marker="x", color="black")
-        ax.annotate(row["name"], (row["cost_pct_mean"], 100 * row["pass_at_1_mean"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    _finish(plt, fig, ax, path, title, "cost, % of the top level alone (log)",
-            "pass@1 on hidden tests, %")  # fmt: skip
-
-
-def plot_drift(reports: dict[str, list[DriftReport]], path: Path, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for color, (name, runs) in zip(("tab:blue", "tab:orange"), reports.items(), strict=False):
-        for i, run in enumerate(runs):
-            ax.plot(run.curve_after, color=color, lw=1, alpha=0.8, label=name if i == 0 else None)
-    _finish(plt, fig, ax, path, title, "rounds at the swapped level after the swap",
-            "cumulative regret since the swap")  # fmt: skip
-
-
 @dataclass
 class LadderLearnReport:
     text: str
     payload: dict[str, Any]
     pngs: list[Path]
-
-
-def ladder_learn(
-    world: LadderWorld,
-    out_dir: Path,
-    n_orders: int = 5,
-    weight: float = 0.3,
-    weights: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0),
-) -> LadderLearnReport:
-    """Every table and plot of `bench --learn` on the recorded ladder. `weight`
-    sets mu: one top-level call costs as much loss as `weight` wrong answers."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    top = world.top_cost_usd
-    n_levels = len(world.levels)
-    baselines = [summarise([world.alone(p)], top) for p in reversed(range(n_levels))]
-    baselines.append(summarise([world.fixed_cascade()], top))
-    baselines.append(summarise([world.oracle()], top))
-    streams = orders(world.requests, n_orders)
-    rows = list(baselines)
-    headline: dict[str, list[StreamResult]] = {}
-    sources: tuple[LabelSource, ...] = ("imitation", "reference")
-    for labels in sources:
-        learning = LearningConfig(enabled=True, mu=mu_for(world, weight), labels=labels)
-        name = f"learned, {labels} labels"
-        headline[labels] = [world.learned(learning, order, name) for order in streams]
-        rows.append(summarise(headline[labels], top))
-    no_gate = LearningConfig(enabled=True, mu=mu_for(world, weight), level0=False)
-    rows.append(summarise([world.learned(no_gate, o, "learned, no level 0") for o in streams], top))
-    for share in (0.1, 0.3):
-        # The budget knob instead of mu: mu starts at the same value and is steered.
-        budgeted = LearningConfig(enabled=True, mu=mu_for(world, weight), budget_top_share=share)
-        name = f"learned, budget: {100 * share:.0f}% reach top"
-        rows.append(summarise([world.learned(budgeted, o, name) for o in streams], top))
-    fronts: dict[str, list[tuple[float, float, float]]] = {}
-    front_rows = []
-    for labels in sources:
-        fronts[f"learned, {labels} labels"] = []
-        for w in weights:
-            learning = LearningConfig(enabled=True, mu=mu_for(world, w), labels=labels)
-            row = summarise([world.learned(learning, o, f"{labels} w={w:g}") for o in streams], top)
-            front_rows.append(row)
-            fronts[f"learned, {labels} labels"].append(
-                (w, row["cost_pct_mean"], row["pass_at_1_mean"])
-            )
-    drift_reports: dict[str, list[DriftReport]] = {}
-    for detect in (True, False):
-        learning = LearningConfig(
-            enabled=True, mu=mu_for(world, weight), labels="imitation", drift=detect
-        )
-        # gpt-3.5 (position 2) swapped for starcoder's answers, at gpt-3.5's price.
-        reports = drift_run(world, learning, n_levels - 2, 0, n_orders)
-        drift_reports[reports[0].name] = reports
-    overhead = level0_overhead_us(world.requests)
-
-    regret_png = out_dir / "learn-regret.png"
-    regret_title = "cumulative regret vs best fixed threshold ({} labels, w={:g})"
-    plot_regret(headline["imitation"], regret_png, regret_title.format("imitation", weight))
-    regret_ref_png = out_dir / "learn-regret-reference.png"
-    plot_regret(headline["reference"], regret_ref_png, regret_title.format("reference", weight))
-    front_png = out_dir / "learn-front.png"
-    plot_front(
-        fronts, baselines, front_png, "cost/quality as mu varies (label: weight of a top call)"
-    )
-    drift_png = out_dir / "learn-drift.png"
-    plot_drift(drift_reports, drift_png, "gpt-3.5 swapped for starcoder halfway")
-
-    lines = [
-        f"Learned cascade on the HumanEval ladder: {len(world.requests)} tasks, "
-        f"{n_orders} random orders; mu = {weight:g} / mean top-level cost "
-        f"= {mu_for(world, weight):.1f} per USD",
-        format_rows(rows),
-        "",
-        "imitation-label accuracy (vs hidden tests): "
-        + ", ".join(
-            f"{r['name']}: {100 * r['label_accuracy']:.1f}% of {r['n_labels_per_order']:.0f}/order"
-            for r in rows
-            if r["label_accuracy"] is not None
-        ),
-        "",
-        "Front as mu varies (w = weight of one top-level call in wrong answers)",
-        format_rows(front_rows),
-        "",
-        f"Drift: {len(world.requests)} requests, then gpt-3.5 answers with starcoder's "
-        f"recordings for {len(world.requests)} more ({n_orders} runs each)",
-    ]
-    header = (
-        f"{'':<22}{'pass@1 before':>14}{'after':>8}{'cost % before':>15}{'after':>8}"
-        f"{'regret before':>15}{'after':>8}{'settle':>8}{'restarts':>10}"
-    )
-    lines.append(header)
-    for name, reports in drift_reports.items():
-        settles = [r.settle_rounds for r in reports]
-        settled = [x for x in settles if x is not None]
-        settle_text = f"{statistics.median(settled):.0f}" if settled else "never"
-        lines.append(
-            f"{name:<22}"
-            f"{100 * statistics.mean(r.pass_before for r in reports):>13.1f}%"
-            f"{100 * statistics.mean(r.pass_after for r in reports):>7.1f}%"
-            f"{statistics.mean(r.cost_pct_before for r in reports):>14.1f}%"
-            f"{statistics.mean(r.cost_pct_after for r in reports):>7.1f}%"
-            f"{statistics.mean(r.regret_before for r in reports):>15.1f}"
-            f"{statistics.mean(r.regret_after for r in reports):>8.1f}"
-            f"{settle_text:>8}"
-            f"{statistics.mean(r.n_restarts for r in reports):>10.1f}"
-        )
-    lines.append(
-        "settle: median rounds at the swapped level after the swap until its regret grows "
-        "by at most 0.02 per round from then on"
-    )
-    lines += [
-        "",
-        f"Level-0 overhead (featurize + predict + learn), {overhead['n']:.0f} requests: "
-        f"median {overhead['median_us']:.1f} us, p99 {overhead['p99_us']:.1f} us",
-    ]
-    payload = {
-        "n_tasks": len(world.requests),
-        "n_orders": n_orders,
-        "weight_of_top_call": weight,
-        "mu_per_usd": mu_for(world, weight),
-        "rows": rows,
-        "front": front_rows,
-        "drift": {
-            name: [{k: v for k, v in r.__dict__.items() if k != "curve_after"} for r in reports]
-            for name, reports in drift_reports.items()
-        },
-        "level0_overhead": overhead,
-    }
-    return LadderLearnReport(
-        "\n".join(lines), payload, [regret_png, regret_ref_png, front_png, drift_png]
-    )
 
 
 def real_learn(
@@ -605,8 +338,12 @@ def real_learn(
     weight: float,
     progress: Progress | None = None,
 ) -> LadderLearnReport:
-    """The learned cascade on live models, with and without the exemplar memory,
-    beside each level alone and the fixed-threshold cascade (one pass, in order)."""
+    """The cascade router on live models beside each level alone and the fixed
+    cascade, one pass in order, every level's attempt shared (deterministic
+    models). `weight`: one call of the top level weighs this many wrong answers."""
+    from streamcascade.cascade.routed import RoutedCascadeEngine
+    from streamcascade.learning.route_learner import RouteLearner
+
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = caching_levels(config, sandbox)
     wrap = progress or (lambda items, _label: items)
@@ -618,70 +355,41 @@ def real_learn(
         return verdicts[(request.id, code)]
 
     rows: list[dict[str, Any]] = []
-    top_results = StreamResult(f"{levels[-1].name} alone")
-    for request in wrap(requests, f"{levels[-1].name} alone"):
-        outcome = levels[-1].attempt(request)
-        top_results.add(len(levels), right(request, outcome.code), outcome.attempt.cost_usd)
-        top_results.n_reached_top += 1
-    top_cost = top_results.cost_usd
-    mu = weight * len(requests) / top_cost if top_cost else config.learning.mu
-    for position in reversed(range(len(levels) - 1)):
+    results: list[StreamResult] = []
+    for position in reversed(range(len(levels))):
         result = StreamResult(f"{levels[position].name} alone")
         for request in wrap(requests, result.name):
             outcome = levels[position].attempt(request)
             result.add(position + 1, right(request, outcome.code), outcome.attempt.cost_usd)
-        rows.append(summarise([result], top_cost))
-    rows.insert(0, summarise([top_results], top_cost))
-    fixed = StreamResult("fixed-threshold cascade")
-    engine = CascadeEngine(levels)
-    for request in wrap(requests, fixed.name):
-        answer = engine.process_one(request)
-        fixed.add(answer.level, right(request, answer.code), answer.cost_usd)
-        fixed.n_reached_top += answer.level == len(levels)
-    rows.append(summarise([fixed], top_cost))
-    extra: dict[str, dict[str, float]] = {}
-    for memory_on in (False, True):
-        name = "learned, exemplar memory " + ("on" if memory_on else "off")
-        learning = config.learning.model_copy(
-            update={
-                "enabled": True,
-                "mu": mu,
-                "memory": config.learning.memory.model_copy(update={"enabled": memory_on}),
-            }
-        )
-        learner = CascadeLearner(learning, len(levels))
-        online = OnlineCascadeEngine(levels, learner, Labeler(sandbox, learning.labels))
+        result.n_reached_top = result.n if position == len(levels) - 1 else 0
+        results.append(result)
+    top_cost = results[0].cost_usd
+    learning = config.learning.model_copy(
+        update={
+            "enabled": True,
+            "policy": "router",
+            "router": config.learning.router.model_copy(
+                update={"top_calls_per_wrong_answer": 1.0 / weight}
+            ),
+        }
+    )
+    fixed = RoutedCascadeEngine(levels)
+    learner = RouteLearner(learning, [level.config for level in levels])
+    router = RoutedCascadeEngine(levels, learner=learner, labeler=Labeler(sandbox, learning.labels))
+    for name, engine in (("fixed-threshold cascade", fixed), ("router, imitation labels", router)):
         result = StreamResult(name)
-        level1_right = level1_with_examples = 0
         for request in wrap(requests, name):
-            shown = [(e.prompt, e.code) for _, e in learner.memory.similar(request)]
-            level1_with_examples += bool(shown)
-            # Level 1 alone, with exactly the exemplars the cascade shows it now.
-            level1_right += right(request, levels[0].attempt(request, shown).code)
-            answer = online.process_one(request)
+            answer = engine.process_one(request)
             result.add(answer.level, right(request, answer.code), answer.cost_usd)
-            result.n_reached_top += answer.attempts[-1].level == len(levels)
+            result.n_reached_top += any(a.level == len(levels) for a in answer.attempts)
             result.n_explored += bool(answer.explored_levels)
             result.n_skipped += bool(answer.skipped_levels)
-        rows.append(summarise([result], top_cost))
-        extra[name] = {
-            "level1_alone_pass_at_1": level1_right / len(requests),
-            "share_answered_at_level1": result.answered_at.get(1, 0) / len(requests),
-            "prompts_with_exemplars": level1_with_examples / len(requests),
-            "memory_size": float(len(learner.memory)),
-        }
+        results.append(result)
+    rows = [summarise([result], top_cost) for result in results]
     lines = [
-        f"Learned cascade on live models, first {len(requests)} requests in order; "
-        f"mu = {weight:g} / mean top-level cost = {mu:.1f} per USD",
+        f"Cascade router on live models, first {len(requests)} requests in order; one wrong "
+        f"answer = {1 / weight:g} calls of {levels[-1].name}",
         format_rows(rows),
-        "",
-        f"{'':<36}{'level 1 alone pass@1':>22}{'answered at L1':>16}{'prompts w/ examples':>21}",
     ]
-    for name, figures in extra.items():
-        lines.append(
-            f"{name:<36}{100 * figures['level1_alone_pass_at_1']:>21.1f}%"
-            f"{100 * figures['share_answered_at_level1']:>15.1f}%"
-            f"{100 * figures['prompts_with_exemplars']:>20.1f}%"
-        )
-    payload = {"n_requests": len(requests), "mu_per_usd": mu, "rows": rows, "memory": extra}
+    payload = {"n_requests": len(requests), "top_calls_per_wrong_answer": 1 / weight, "rows": rows}
     return LadderLearnReport("\n".join(lines), payload, [])

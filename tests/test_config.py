@@ -55,7 +55,12 @@ def test_shipped_configs_load() -> None:
         config = load_config(path)
         assert config.levels, path
     learning = load_config(configs / "learning.yaml").learning
-    assert learning.enabled and learning.budget_top_share == 0.3 and learning.memory.enabled
+    assert learning.enabled and learning.policy == "router" and not learning.memory.enabled
+    assert learning.router.top_calls_per_wrong_answer == 3.3
+    from streamcascade.ladder import parse_ladder_spec
+
+    for path in sorted((configs / "ladders").glob("*.yaml")):
+        assert len(parse_ladder_spec(str(path)).models) >= 2, path
 
 
 def test_learning_config_takes_one_budget() -> None:

@@ -81,11 +81,39 @@ class LadderReplayBackend(_ReplayBase):
 
     def __init__(self, path: Path, name: str | None = None) -> None:
         super().__init__(name or path.stem)
-        self._solutions = {row["task_id"]: str(row["solution"]) for row in _read_jsonl(path)}
+        self._solutions: dict[str, str] = {}
+        # A malformed row costs its task only: asked for it, the backend says why.
+        self.malformed: dict[str, str] = {}
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    self.malformed[f"line {number}"] = f"{path.name}:{number} is not JSON: {error}"
+                    continue
+                task = row.get("task_id") if isinstance(row, dict) else None
+                if task is None:
+                    self.malformed[f"line {number}"] = f"{path.name}:{number} has no task_id"
+                elif not isinstance(row.get("solution"), str):
+                    self.malformed[str(task)] = f"{path.name}:{number} has no solution string"
+                else:
+                    self._solutions[str(task)] = row["solution"]
+
+    def has(self, task_id: str) -> bool:
+        return task_id in self._solutions
+
+    def why_missing(self, task_id: str) -> str:
+        why = self.malformed.get(task_id, "no row for it")
+        return f"{self._name} has no recording for task {task_id!r}: {why}"
 
     def _recorded(self, prompt: Prompt) -> list[str]:
         if prompt.request_id not in self._solutions:
-            raise UnknownTaskError(f"{self._name} has no recording for task {prompt.request_id!r}")
+            why = self.malformed.get(prompt.request_id, "no row for it")
+            raise UnknownTaskError(
+                f"{self._name} has no recording for task {prompt.request_id!r}: {why}"
+            )
         # Recordings hold programs only: tests and classifications have none to give.
         return [self._solutions[prompt.request_id]] if prompt.purpose == "solutions" else []
 

@@ -6,15 +6,18 @@ from dataclasses import dataclass
 
 from streamcascade.cascade.engine import CascadeEngine
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
+from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import AppConfig
 from streamcascade.learning.learner import CascadeLearner
+from streamcascade.learning.protocol import OnlineLearner
+from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.sandbox import Sandbox
 
 
 @dataclass
 class BuiltEngine:
-    engine: CascadeEngine | OnlineCascadeEngine
-    learner: CascadeLearner | None
+    engine: CascadeEngine | OnlineCascadeEngine | RoutedCascadeEngine
+    learner: OnlineLearner | None
     """Set when the engine learns; its state is what snapshots hold."""
 
 
@@ -22,6 +25,11 @@ def build_engine(config: AppConfig, sandbox: Sandbox, learn: bool = False) -> Bu
     fixed = CascadeEngine.from_config(config, sandbox)
     if not (config.learning.enabled or learn):
         return BuiltEngine(fixed, None)
-    learner = CascadeLearner(config.learning, len(fixed.levels))
     labeler = Labeler(sandbox, config.learning.labels, config.learning.max_probes)
+    if config.learning.policy == "router":
+        router = RouteLearner(config.learning, config.levels)
+        return BuiltEngine(
+            RoutedCascadeEngine(fixed.levels, learner=router, labeler=labeler), router
+        )
+    learner = CascadeLearner(config.learning, len(fixed.levels))
     return BuiltEngine(OnlineCascadeEngine(fixed.levels, learner, labeler), learner)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from streamcascade.cascade.engine import build_answer
+from streamcascade.cascade.answer import build_answer
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm, Shape

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from kafka import ConsumerRebalanceListener
 
 from streamcascade.config import KafkaConfig
-from streamcascade.learning.learner import CascadeLearner
+from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_feedback, parse_request
 
@@ -298,7 +298,7 @@ class CascadeService:
         self,
         config: KafkaConfig,
         engine: Engine,
-        learner: CascadeLearner | None = None,
+        learner: OnlineLearner | None = None,
         on_batch: Callable[[ServiceStats], None] | None = None,
     ) -> None:
         self.config = config

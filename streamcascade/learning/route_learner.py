@@ -1,0 +1,280 @@
+"""What the routed cascade learns while it serves, and how it is kept.
+
+`RouteLearner` owns the `CascadeRouter` (quality and value estimators), the
+running cost of each level, the cost weight mu in the units a user thinks in,
+drift monitors, and the answers awaiting downstream Feedback. Its state is
+JSON with a version number, like `CascadeLearner`'s, so the service snapshots,
+restores and shares it the same way.
+
+mu is never a raw per-USD constant: the user says how many top-model calls
+one wrong answer is worth (`top_calls_per_wrong_answer`), and mu follows the
+observed price of a top call; or the user sets a budget per request, or a
+share of requests that may reach the top, and mu is steered to meet it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from streamcascade.config import LearningConfig, LevelConfig
+from streamcascade.learning.drift import DriftMonitor
+from streamcascade.learning.features import RequestFeaturizer
+from streamcascade.learning.routing import (
+    CascadeRouter,
+    Observation,
+    RouterSettings,
+    RouteState,
+)
+from streamcascade.schemas import CodeRequest, Feedback
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# How far the budget may push the weight of a wrong answer, in top calls.
+_CALLS_RANGE = (0.05, 1000.0)
+
+
+class RunningMean:
+    def __init__(self, value: float = 0.0, n: int = 0) -> None:
+        self.value, self.n = value, n
+
+    def update(self, x: float, alpha: float = 0.05, warmup: int = 20) -> None:
+        self.n += 1
+        rate = 1.0 / self.n if self.n <= warmup else alpha
+        self.value += rate * (x - self.value)
+
+
+def prior_cost_usd(level: LevelConfig) -> float:
+    """A level's cost before it has run: its prices on a typical request
+    (a 500-token prompt, 300 tokens out per solution and test generation)."""
+    calls = level.k_solutions + level.t_test_generations
+    tokens_in = 500 * (1 + (level.t_test_generations > 0))
+    return (tokens_in * level.price_in_usd_per_1m + 300 * calls * level.price_out_usd_per_1m) / 1e6
+
+
+@dataclass
+class PendingAnswer:
+    """Kept per published answer until its Feedback arrives (bounded)."""
+
+    state: dict[str, Any]
+    position: int
+
+
+def state_to_dict(state: RouteState) -> dict[str, Any]:
+    return {
+        "features": state.features,
+        "observations": [asdict(o) for o in state.observations.values()],
+        "agree": [[i, j, same] for (i, j), same in state.agree.items()],
+        "order": state.order,
+        "forced": state.forced,
+    }
+
+
+def state_from_dict(data: dict[str, Any]) -> RouteState:
+    observations = {o["position"]: Observation(**o) for o in data["observations"]}
+    return RouteState(
+        features={str(k): float(v) for k, v in data["features"].items()},
+        observations=observations,
+        agree={(int(i), int(j)): same for i, j, same in data["agree"]},
+        order=[int(p) for p in data["order"]],
+        forced=bool(data["forced"]),
+    )
+
+
+class RouteLearner:
+    """The routed cascade's learner: decide with `router`, learn with `finish`
+    and `learn_one`, keep with `state_dict`."""
+
+    def __init__(self, config: LearningConfig, levels: Sequence[LevelConfig]) -> None:
+        if not levels:
+            raise ValueError("a cascade needs at least one level")
+        self.config = config
+        self.n_levels = len(levels)
+        settings = config.router
+        self.router = CascadeRouter(
+            RouterSettings(
+                n_levels=self.n_levels,
+                prior_precision=settings.prior_precision,
+                forgetting=settings.forgetting,
+                explore_floor=settings.explore_floor,
+                thompson=settings.thompson,
+                top_quality=settings.top_quality,
+                top_quality_failed=settings.top_quality_failed,
+                ex_ante_scale=settings.ex_ante_scale,
+                seed=config.seed,
+            )
+        )
+        self.featurizer = RequestFeaturizer(config.level0_buckets)
+        self.costs = [RunningMean(prior_cost_usd(level)) for level in levels]
+        self.top_calls = settings.top_calls_per_wrong_answer
+        self.budget_mean = RunningMean()
+        self.drift = [DriftMonitor(config.drift_delta) for _ in range(self.n_levels)]
+        self.pending: OrderedDict[str, PendingAnswer] = OrderedDict()
+        self.n_requests = 0
+        self.n_labels = 0
+        self.n_feedback = 0
+        self.n_feedback_unmatched = 0
+        self.n_drifts = 0
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        """Called with each learning event (see `apply_event`), e.g. to share it."""
+        self.n_events_applied = 0
+        self.last: tuple[dict[str, Any], dict[int, bool | None]] | None = None
+        """The last finished request's route and labels (for benchmarks)."""
+
+    # -- the units a user thinks in ------------------------------------------------
+
+    @property
+    def mu(self) -> float:
+        """Loss per USD: one wrong answer weighs `top_calls` calls of the top model."""
+        top_cost = max(self.costs[-1].value, 1e-12)
+        return 1.0 / (self.top_calls * top_cost)
+
+    def expected_costs(self) -> list[float]:
+        return [mean.value for mean in self.costs]
+
+    # -- acting --------------------------------------------------------------------
+
+    def begin(self, request: CodeRequest) -> RouteState:
+        if not self.config.router.ex_ante_scale:
+            return RouteState({})
+        return RouteState(self.featurizer.transform_one(request))
+
+    def decide(self, state: RouteState, mu: float, cost_usd: Sequence[float]) -> int | None:
+        """The `CascadePolicy` step; the engine passes this learner's own mu and costs."""
+        return self.router.decide(state, mu, cost_usd)
+
+    def answer(self, state: RouteState) -> int:
+        return self.router.answer(state)
+
+    def finish(
+        self,
+        request_id: str,
+        state: RouteState,
+        labels: dict[int, bool | None],
+        published: int,
+    ) -> None:
+        """Learn from a finished request, remember it for Feedback, and emit the
+        learning event that replicas apply too."""
+        self._learn(state, labels)
+        route = state_to_dict(state)
+        self.last = (route, dict(labels))
+        self._remember(request_id, PendingAnswer(route, published))
+        if self.on_event is not None:
+            self.on_event(
+                {
+                    "version": STATE_VERSION,
+                    "kind": "route",
+                    "state": state_to_dict(state),
+                    "labels": {str(k): v for k, v in labels.items()},
+                }
+            )
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        """Learn from a request another replica answered."""
+        if event.get("version") != STATE_VERSION or event.get("kind") != "route":
+            raise ValueError(f"unsupported learning event {event.get('kind')!r}")
+        labels = {int(k): v for k, v in event["labels"].items()}
+        self._learn(state_from_dict(event["state"]), labels)
+        self.n_events_applied += 1
+
+    def _learn(self, state: RouteState, labels: dict[int, bool | None]) -> None:
+        self.n_requests += 1
+        for position, observation in state.observations.items():
+            self.costs[position].update(observation.cost_usd)
+        known = {p: v for p, v in labels.items() if v is not None}
+        self.n_labels += bool(known)
+        # Drift: how wrong the estimates were, before learning from this request.
+        if self.config.drift:
+            for position, right in known.items():
+                if position not in state.observations:
+                    continue
+                predicted = self.router.quality_of(state, position)
+                if self.drift[position].update(abs(float(right) - predicted)):
+                    log.info("drift at level position %d: the estimators widen", position)
+                    self.router.widen(self.config.drift_share)
+                    self.n_drifts += 1
+        self.router.observe(state, labels)
+        self._steer(state)
+
+    def _steer(self, state: RouteState) -> None:
+        """Dual ascent on the budget: while the running mean of the spend (or of
+        the share reaching the top) is over target, a wrong answer weighs fewer
+        top calls, so the router calls the top less."""
+        config = self.config
+        if config.budget_usd_per_request is not None:
+            target = config.budget_usd_per_request
+            self.budget_mean.update(sum(o.cost_usd for o in state.observations.values()))
+        elif config.budget_top_share is not None:
+            target = config.budget_top_share
+            self.budget_mean.update(float(self.n_levels - 1 in state.observations))
+        else:
+            return
+        signal = max(-1.0, min(1.0, self.budget_mean.value / target - 1.0))
+        calls = self.top_calls * math.exp(-config.budget_step * signal)
+        self.top_calls = min(_CALLS_RANGE[1], max(_CALLS_RANGE[0], calls))
+
+    def _remember(self, request_id: str, pending: PendingAnswer) -> None:
+        self.pending[request_id] = pending
+        self.pending.move_to_end(request_id)
+        while len(self.pending) > self.config.pending_capacity:
+            self.pending.popitem(last=False)
+
+    def learn_one(self, feedback: Feedback) -> bool:
+        """A downstream outcome of a published answer labels the level that
+        answered. False when the answer is unknown here (too old, or published
+        before a restart)."""
+        self.n_feedback += 1
+        pending = self.pending.pop(feedback.id, None)
+        if pending is None:
+            self.n_feedback_unmatched += 1
+            log.warning("feedback for unknown or expired answer %s: not learned", feedback.id)
+            return False
+        state = state_from_dict(pending.state)
+        self.router.observe_quality(state, {pending.position: feedback.passed})
+        self.n_labels += 1
+        return True
+
+    # -- state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "kind": "route",
+            "n_levels": self.n_levels,
+            "router": self.router.state_dict(),
+            "costs": [[m.value, m.n] for m in self.costs],
+            "top_calls": self.top_calls,
+            "budget_mean": [self.budget_mean.value, self.budget_mean.n],
+            "drift": [d.state_dict() for d in self.drift],
+            "counters": {
+                "n_requests": self.n_requests,
+                "n_labels": self.n_labels,
+                "n_feedback": self.n_feedback,
+                "n_feedback_unmatched": self.n_feedback_unmatched,
+                "n_drifts": self.n_drifts,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot (answers awaiting Feedback are not part of it)."""
+        if state.get("version") != STATE_VERSION or state.get("kind") != "route":
+            raise ValueError(
+                f"not a routed-cascade learner state (version {state.get('version')!r}, "
+                f"kind {state.get('kind')!r})"
+            )
+        if state["n_levels"] != self.n_levels:
+            raise ValueError(
+                f"snapshot is for {state['n_levels']} levels, this cascade has {self.n_levels}"
+            )
+        self.router.load_state_dict(state["router"])
+        self.costs = [RunningMean(float(v), int(n)) for v, n in state["costs"]]
+        self.top_calls = float(state["top_calls"])
+        self.budget_mean = RunningMean(float(state["budget_mean"][0]), int(state["budget_mean"][1]))
+        self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
+        for key, value in state["counters"].items():
+            setattr(self, key, int(value))

@@ -1,0 +1,377 @@
+"""`streamcascade bench --learn --ladder DIR --models SPEC`: the cascade router
+against the fixed cascade, the oracle and the best fixed policy in hindsight.
+
+Every level's attempt at every task is computed once (`LadderWorld`) and
+graded once on the hidden tests, so any policy's answers are scored exactly.
+The router then streams the tasks in several random orders, learning as it
+goes, with imitation labels only (the hidden tests grade, never teach), with
+reference labels, and with downstream Feedback for a share of the answers.
+
+"Fixed policies" are every deterministic rule that picks the next level (or
+stops) from the pass/fail results seen so far and answers with the most
+capable passing answer: the fixed cascade is one of them. Regret is the
+router's cumulative true loss (wrong, plus mu times cost) less the best such
+rule's in hindsight, and less the fixed cascade's.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamcascade.cascade.level import Level
+from streamcascade.cascade.routed import RoutedCascadeEngine
+from streamcascade.config import LearningConfig
+from streamcascade.learnbench import (
+    LadderLearnReport,
+    LadderWorld,
+    StreamResult,
+    SwitchLevel,
+    format_rows,
+    orders,
+    plot_regret,
+    summarise,
+)
+from streamcascade.learning.route_learner import RouteLearner
+from streamcascade.learning.routing import Observation
+from streamcascade.schemas import CodeRequest, Feedback
+
+# A rule: (level to run, rule if it passes, rule if it fails), or None to stop.
+Rule = tuple[int, Any, Any] | None
+
+
+def all_rules(
+    n_levels: int, ran: tuple[tuple[int, bool], ...] = (), limit: int = 20_000
+) -> list[Rule]:
+    """Every deterministic pass/fail rule (the top, once run, ends it)."""
+    seen = {m for m, _ in ran}
+    top = n_levels - 1
+    if top in seen:
+        return [None]
+    rules: list[Rule] = [None] if ran else []
+    for m in range(n_levels):
+        if m in seen:
+            continue
+        passes = all_rules(n_levels, (*ran, (m, True)), limit)
+        fails = all_rules(n_levels, (*ran, (m, False)), limit)
+        for p in passes:
+            for f in fails:
+                rules.append((m, p, f))
+                if len(rules) > limit:
+                    return rules
+    return rules
+
+
+@dataclass
+class RuleOutcome:
+    right: bool
+    cost_usd: float
+
+
+def play_rule(rule: Rule, world: LadderWorld, request: CodeRequest) -> RuleOutcome:
+    node, cost, passing, ran = rule, 0.0, [], []
+    while node is not None:
+        m, if_pass, if_fail = node
+        cost += world.cost[m][request.id]
+        ran.append(m)
+        passed = world.passes[m][request.id]
+        if passed:
+            passing.append(m)
+        node = if_pass if passed else if_fail
+    answer = max(passing) if passing else max(ran)
+    return RuleOutcome(world.correct[answer][request.id], cost)
+
+
+@dataclass
+class RouterRun:
+    result: StreamResult
+    losses: list[float] = field(default_factory=list)
+    """The true loss of each request, in stream order."""
+    fixed_losses: list[float] = field(default_factory=list)
+    trace: list[tuple[CodeRequest, dict[str, Any], dict[int, bool | None]]] = field(
+        default_factory=list
+    )
+    """Each request's route and labels, to time the router alone afterwards."""
+
+
+def router_run(
+    world: LadderWorld,
+    learning: LearningConfig,
+    order: Sequence[CodeRequest],
+    name: str,
+    mu: float,
+    feedback_share: float = 0.0,
+    feedback_delay: int = 5,
+    seed: int = 0,
+    drift: tuple[LadderWorld, Sequence[CodeRequest], SwitchLevel] | None = None,
+) -> RouterRun:
+    """Stream `order` through a fresh router. With `feedback_share`, that share
+    of the answers gets a Feedback record from the hidden tests (as a CI system
+    would send) `feedback_delay` requests later. With `drift` (a world whose
+    level answers with another's recordings, its stream, and the switch), the
+    stream goes on with it after `order`."""
+    levels: list[Level] = list(world.levels)
+    if drift is not None:
+        switch = drift[2]
+        levels = [switch if level.index == switch.index else level for level in levels]
+    learner = RouteLearner(learning, [level.config for level in levels])
+    engine = RoutedCascadeEngine(levels, learner=learner, labeler=world.labeler(learning))
+    run = RouterRun(StreamResult(name))
+    rng = random.Random(seed)
+    waiting: deque[tuple[int, Feedback]] = deque()
+    top = len(levels) - 1
+    phases = [(world, order)] + ([(drift[0], drift[1])] if drift is not None else [])
+    index = 0
+    for phase, (truth, stream) in enumerate(phases):
+        if drift is not None:
+            drift[2].switched = phase == 1
+            if phase == 1:
+                run.result.phase_results.append(run.result.snapshot())
+        fixed = truth.fixed_rule()
+        for request in stream:
+            answer = engine.process_one(request)
+            right = truth.correct[answer.level - 1][request.id]
+            run.result.add(answer.level, right, answer.cost_usd)
+            run.result.n_reached_top += any(a.level == top + 1 for a in answer.attempts)
+            run.result.n_explored += bool(answer.explored_levels)
+            run.result.n_skipped += bool(answer.skipped_levels)
+            run.losses.append(float(not right) + mu * answer.cost_usd)
+            baseline = play_rule(fixed, truth, request)
+            run.fixed_losses.append(float(not baseline.right) + mu * baseline.cost_usd)
+            if learner.last is not None:
+                run.trace.append((request, *learner.last))
+            if feedback_share and rng.random() < feedback_share:
+                feedback = Feedback(id=request.id, passed=right, source="ci")
+                waiting.append((index + feedback_delay, feedback))
+            while waiting and waiting[0][0] <= index:
+                engine.learn_one(waiting.popleft()[1])
+            index += 1
+    return run
+
+
+def cumulative_regret(losses: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    total, curve = 0.0, []
+    for mine, theirs in zip(losses, baseline, strict=True):
+        total += mine - theirs
+        curve.append(total)
+    return curve
+
+
+def best_rule_losses(
+    world: LadderWorld, rules: Sequence[Rule], order: Sequence[CodeRequest], mu: float
+) -> list[float]:
+    """The per-request losses of the rule with the least total loss on `order`."""
+    best: list[float] | None = None
+    for rule in rules:
+        losses = []
+        for request in order:
+            outcome = play_rule(rule, world, request)
+            losses.append(float(not outcome.right) + mu * outcome.cost_usd)
+        if best is None or sum(losses) < sum(best):
+            best = losses
+    assert best is not None
+    return best
+
+
+def recovery_requests(losses: Sequence[float], best: Sequence[float], start: int,
+                      window: int = 40, tolerance: float = 0.05) -> int | None:  # fmt: skip
+    """Requests after `start` until the running loss over `window` requests is
+    back within `tolerance` (absolute, per request) of the best rule's."""
+    for t in range(start + window, len(losses) + 1):
+        mine = sum(losses[t - window : t]) / window
+        theirs = sum(best[t - window : t]) / window
+        if mine <= theirs + tolerance:
+            return t - start
+    return None
+
+
+def router_overhead_us(
+    learning: LearningConfig, world: LadderWorld, run: RouterRun
+) -> dict[str, float]:
+    """Median and p99 microseconds per request of the router alone (featurize,
+    every decision, learning), replaying a finished run's routes: the levels,
+    the sandbox and the labels are already known, so none of them is timed."""
+    learner = RouteLearner(learning, [level.config for level in world.levels])
+    timings = []
+    for request, route, labels in run.trace:
+        observations = route["observations"]
+        agree = {(i, j): same for i, j, same in route["agree"]}
+        started = time.perf_counter()
+        state = learner.begin(request)
+        for observation in observations:
+            if learner.decide(state, learner.mu, learner.expected_costs()) is None:
+                break
+            position = observation["position"]
+            state.add(
+                Observation(**observation),
+                {i: agree.get((min(i, position), max(i, position))) for i in state.ran},
+            )
+        learner.finish(request.id, state, labels, learner.answer(state))
+        timings.append(time.perf_counter() - started)
+    timings.sort()
+    return {
+        "median_us": 1e6 * statistics.median(timings),
+        "p99_us": 1e6 * timings[int(0.99 * (len(timings) - 1))],
+        "n": float(len(timings)),
+    }
+
+
+def swapped_world(world: LadderWorld, swapped: int, replacement: int) -> LadderWorld:
+    """The same world, but the level at `swapped` answers with the recordings of
+    the level at `replacement` (at its own price)."""
+    other = object.__new__(LadderWorld)
+    other.__dict__.update(world.__dict__)
+    other.correct = [dict(c) for c in world.correct]
+    other.passes = [dict(p) for p in world.passes]
+    other.correct[swapped] = dict(world.correct[replacement])
+    other.passes[swapped] = dict(world.passes[replacement])
+    return other
+
+
+def _rule_row(name: str, world: LadderWorld, rule: Rule) -> dict[str, Any]:
+    result = StreamResult(name)
+    for request in world.requests:
+        outcome = play_rule(rule, world, request)
+        result.add(0, outcome.right, outcome.cost_usd)
+    return summarise([result], world.top_cost_usd)
+
+
+def route_learn(
+    world: LadderWorld,
+    out_dir: Path,
+    n_orders: int = 5,
+    top_calls: float = 3.3,
+    feedback_share: float = 0.2,
+    learning: LearningConfig | None = None,
+) -> LadderLearnReport:
+    """Every table and curve of `bench --learn --ladder`: the router with
+    imitation labels, reference labels and downstream Feedback, beside each
+    model alone, the fixed cascade, the best pass/fail rule in hindsight, the
+    oracle and the Hedge threshold policy; regret curves; a drift run; the
+    router's overhead."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top_usd = world.top_cost_usd
+    n_levels = len(world.levels)
+    mu = 1.0 / (top_calls * world.mean_cost(n_levels - 1))
+    base = learning or LearningConfig()
+    base = base.model_copy(
+        update={
+            "enabled": True,
+            "policy": "router",
+            "router": base.router.model_copy(update={"top_calls_per_wrong_answer": top_calls}),
+        }
+    )
+    rules = all_rules(n_levels)
+    hindsight = min(
+        rules, key=lambda r: sum(
+            float(not o.right) + mu * o.cost_usd
+            for o in (play_rule(r, world, q) for q in world.requests)
+        ),
+    )  # fmt: skip
+    rows = [summarise([world.alone(p)], top_usd) for p in reversed(range(n_levels))]
+    rows.append(summarise([world.fixed_cascade()], top_usd))
+    rows.append(_rule_row("best pass/fail rule in hindsight", world, hindsight))
+    rows.append(summarise([world.oracle()], top_usd))
+    streams = orders(world.requests, n_orders)
+    runs: dict[str, list[RouterRun]] = {}
+    variants: list[tuple[str, LearningConfig, float]] = [
+        ("router, imitation labels", base.model_copy(update={"labels": "imitation"}), 0.0),
+        ("router, reference labels", base.model_copy(update={"labels": "reference"}), 0.0),
+        (f"router, imitation + {100 * feedback_share:.0f}% feedback",
+         base.model_copy(update={"labels": "imitation"}), feedback_share),
+    ]  # fmt: skip
+    for name, learning_config, share in variants:
+        runs[name] = [
+            router_run(world, learning_config, order, name, mu, share, seed=seed)
+            for seed, order in enumerate(streams)
+        ]
+        rows.append(summarise([r.result for r in runs[name]], top_usd))
+    hedge = LearningConfig(enabled=True, policy="hedge", mu=mu, labels="imitation")
+    hedge_name = "Hedge thresholds (previous policy), imitation"
+    rows.append(summarise([world.learned(hedge, o, hedge_name) for o in streams], top_usd))
+
+    headline = runs["router, imitation labels"]
+    regret_fixed = [cumulative_regret(r.losses, r.fixed_losses) for r in headline]
+    regret_best = [
+        cumulative_regret(r.losses, best_rule_losses(world, rules, order, mu))
+        for r, order in zip(headline, streams, strict=True)
+    ]
+    curves = StreamResult("regret")
+    pngs = []
+    for label, regrets in (("fixed cascade", regret_fixed), ("best rule", regret_best)):
+        results = []
+        for curve in regrets:
+            result = StreamResult(label)
+            result.regret_curves = {1: curve}
+            results.append(result)
+        png = out_dir / f"route-regret-{label.replace(' ', '-')}.png"
+        plot_regret(results, png, f"router's cumulative regret against the {label} (true loss)")
+        pngs.append(png)
+    del curves
+
+    # Drift: a second pass in which level n-2 answers with level 0's recordings.
+    swapped, replacement = max(n_levels - 2, 0), 0
+    after = swapped_world(world, swapped, replacement)
+    drift_rows = []
+    recoveries: list[int | None] = []
+    for seed in range(n_orders):
+        first, second = orders(world.requests, 2 * seed + 2)[-2:]
+        switch = SwitchLevel(world.levels[swapped], world.levels[replacement])
+        run = router_run(world, base, first, "drift", mu, seed=seed,
+                         drift=(after, second, switch))  # fmt: skip
+        half = len(first)
+        best_after = best_rule_losses(after, rules, second, mu)
+        recoveries.append(recovery_requests(run.losses[half:], best_after, 0))
+        n1, p1, c1 = run.result.phase_results[0]
+        drift_rows.append(
+            {
+                "pass_before": p1 / n1,
+                "pass_after": (run.result.n_passed - p1) / (run.result.n - n1),
+                "cost_pct_before": 100 * c1 / top_usd,
+                "cost_pct_after": 100 * (run.result.cost_usd - c1) / top_usd,
+            }
+        )
+    overhead = router_overhead_us(base, world, headline[0])
+
+    lines = [
+        f"Cascade router on {len(world.requests)} tasks, {n_orders} random orders; "
+        f"one wrong answer = {top_calls:g} calls of {world.levels[-1].name} "
+        f"(mu = {mu:.1f} per USD)",
+        format_rows(rows),
+        "",
+        "Regret of the router (imitation labels) at the end, true loss, mean over orders: "
+        f"against the fixed cascade {statistics.mean(c[-1] for c in regret_fixed):.1f}, "
+        f"against the best pass/fail rule in hindsight "
+        f"{statistics.mean(c[-1] for c in regret_best):.1f} "
+        f"(of {len(rules)} rules)",
+        f"Drift: {world.levels[swapped].name} answers with {world.levels[replacement].name}'s "
+        f"recordings for a second pass: pass@1 "
+        f"{100 * statistics.mean(d['pass_before'] for d in drift_rows):.1f}% before, "
+        f"{100 * statistics.mean(d['pass_after'] for d in drift_rows):.1f}% after; cost "
+        f"{statistics.mean(d['cost_pct_before'] for d in drift_rows):.1f}% before, "
+        f"{statistics.mean(d['cost_pct_after'] for d in drift_rows):.1f}% after; requests "
+        f"until the loss over 40 is within 0.05 of the new best rule's: "
+        + ", ".join("never" if r is None else str(r) for r in recoveries),
+        f"Router overhead (featurize, decide, learn), {overhead['n']:.0f} requests: "
+        f"median {overhead['median_us']:.1f} us, p99 {overhead['p99_us']:.1f} us",
+    ]
+    payload = {
+        "n_tasks": len(world.requests),
+        "n_orders": n_orders,
+        "top_calls_per_wrong_answer": top_calls,
+        "mu_per_usd": mu,
+        "rows": rows,
+        "regret_vs_fixed_final": [c[-1] for c in regret_fixed],
+        "regret_vs_best_rule_final": [c[-1] for c in regret_best],
+        "n_rules": len(rules),
+        "drift": drift_rows,
+        "drift_recovery_requests": recoveries,
+        "router_overhead": overhead,
+    }
+    return LadderLearnReport("\n".join(lines), payload, pngs)

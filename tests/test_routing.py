@@ -1,0 +1,216 @@
+"""Cascade routing: the Bayesian estimators, the router's decisions, the
+learner's state, and the one engine loop (fixed and learned policies)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from test_cascade import REQUEST, RIGHT, TESTS, WRONG, ScriptedBackend, _level
+
+from streamcascade.cascade import CascadeEngine
+from streamcascade.cascade.online import Labeler
+from streamcascade.cascade.routed import RoutedCascadeEngine
+from streamcascade.config import LearningConfig, LevelConfig, ReplayBackendConfig, RouterConfig
+from streamcascade.learning.bayes import BayesLogit
+from streamcascade.learning.route_learner import RouteLearner, state_from_dict, state_to_dict
+from streamcascade.learning.routing import (
+    CascadeRouter,
+    FixedCascadePolicy,
+    Observation,
+    RouterSettings,
+    RouteState,
+)
+from streamcascade.sandbox import Sandbox
+from streamcascade.schemas import CodeRequest, Feedback
+
+
+def test_bayes_logit_is_sure_where_it_has_seen_data_and_unsure_elsewhere() -> None:
+    model = BayesLogit()
+    for _ in range(100):
+        model.learn_one({"seen": 1.0}, True)
+    mean_seen, var_seen = model.logit({"seen": 1.0})
+    mean_new, var_new = model.logit({"new": 1.0})
+    assert mean_seen > 2 and mean_new == 0
+    assert var_seen < 0.2 < var_new == 1.0
+    before = var_seen
+    model.widen(0.5)
+    assert model.logit({"seen": 1.0})[1] > before  # after drift, less sure
+    again = BayesLogit.from_state_dict(json.loads(json.dumps(model.state_dict())))
+    assert again.logit({"seen": 1.0}) == model.logit({"seen": 1.0})
+
+
+def test_bayes_logit_learns_soft_targets() -> None:
+    model = BayesLogit()
+    for _ in range(2000):
+        model.learn_one({"bias": 1.0}, 0.3)
+    assert model.predict_one({"bias": 1.0}) == pytest.approx(0.3, abs=0.03)
+
+
+def _observe(
+    router: CascadeRouter, outcomes: dict[int, tuple[bool, bool]], order: list[int]
+) -> RouteState:
+    """A finished request: `outcomes[m]` = (passes its tests, right)."""
+    state = RouteState({})
+    for m in order:
+        passes, _ = outcomes[m]
+        state.add(Observation(m, True, 1.0 if passes else 0.0, 1, 60, 0.01 * (m + 1) ** 2), {})
+    top = max(outcomes)
+    labels = {m: right for m, (_, right) in outcomes.items() if m != top}
+    router.observe(state, labels)
+    return state
+
+
+def test_the_router_learns_to_skip_a_level_that_never_helps() -> None:
+    # Level 0 always fails its tests; level 1 passes and is right 90 % of the time.
+    router = CascadeRouter(RouterSettings(n_levels=3, explore_floor=0.0, seed=0))
+    rng = random.Random(0)
+    costs = [0.01, 0.02, 0.2]
+    for _ in range(200):
+        right = rng.random() < 0.9
+        _observe(router, {0: (False, False), 1: (True, right), 2: (True, True)}, [0, 1, 2])
+    first = router.decide(RouteState({}), mu=1.5, cost_usd=costs, explore=False)
+    assert first == 1
+    state = RouteState({})
+    state.add(Observation(1, True, 1.0, 1, 60, 0.02), {})
+    assert router.decide(state, mu=1.5, cost_usd=costs, explore=False) is None
+    assert router.answer(state) == 1
+
+
+def test_the_router_trusts_agreement_between_cheap_levels() -> None:
+    # A passing level-1 answer is right exactly when level 0's answer agrees with it.
+    router = CascadeRouter(RouterSettings(n_levels=3, explore_floor=0.0, seed=0))
+    for i in range(300):
+        same = i % 2 == 0
+        state = RouteState({})
+        state.add(Observation(0, True, 1.0, 1, 60, 0.01), {})
+        state.add(Observation(1, True, 1.0, 1, 60, 0.02), {0: same})
+        state.add(Observation(2, True, 1.0, 1, 60, 0.2), {0: same, 1: True})
+        router.observe(state, {0: same, 1: same})
+    agreeing, disagreeing = RouteState({}), RouteState({})
+    for state, same in ((agreeing, True), (disagreeing, False)):
+        state.add(Observation(0, True, 1.0, 1, 60, 0.01), {})
+        state.add(Observation(1, True, 1.0, 1, 60, 0.02), {0: same})
+    assert router.quality_of(agreeing, 1) > 0.9 > 0.3 > router.quality_of(disagreeing, 1)
+    costs = [0.01, 0.02, 0.2]
+    assert router.decide(agreeing, mu=1.0, cost_usd=costs, explore=False) is None
+    assert router.decide(disagreeing, mu=1.0, cost_usd=costs, explore=False) == 2
+
+
+def test_fixed_policy_in_the_loop_answers_as_the_fixed_engine(sandbox: Sandbox) -> None:
+    def levels() -> list:
+        small = ScriptedBackend("small", [WRONG], [TESTS])
+        big = ScriptedBackend("big", [RIGHT], [])
+        return [
+            _level(1, small, sandbox, t_test_generations=1),
+            _level(2, big, sandbox, threshold=0.0),
+        ]
+
+    fixed = CascadeEngine(levels()).process_one(REQUEST)
+    looped = RoutedCascadeEngine(levels()).process_one(REQUEST)
+    assert (looped.level, looped.code, looped.cost_usd) == (fixed.level, fixed.code, fixed.cost_usd)
+    assert [a.accepted for a in looped.attempts] == [a.accepted for a in fixed.attempts]
+    assert [a.score for a in looped.attempts] == [a.score for a in fixed.attempts]
+
+
+def _level_configs(n: int) -> list[LevelConfig]:
+    return [
+        LevelConfig(
+            name=f"l{i}",
+            backend=ReplayBackendConfig(format="ladder", path="unused.jsonl"),
+            t_test_generations=0,
+            price_in_usd_per_1m=10.0**i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_the_learning_loop_labels_by_imitation_and_learns_feedback(sandbox: Sandbox) -> None:
+    small = ScriptedBackend("small", [WRONG], [])
+    big = ScriptedBackend("big", [RIGHT], [])
+    levels = [_level(1, small, sandbox, t_test_generations=0),
+              _level(2, big, sandbox, threshold=0.0, price_in_usd_per_1m=20.0)]  # fmt: skip
+    learning = LearningConfig(enabled=True, router=RouterConfig(explore_floor=0.0))
+    learner = RouteLearner(learning, [level.config for level in levels])
+    events: list[dict] = []
+    learner.on_event = events.append
+    engine = RoutedCascadeEngine(levels, learner=learner, labeler=Labeler(sandbox, "imitation"))
+    requests = [
+        CodeRequest(id=f"r{i}", prompt=REQUEST.prompt, entry_point="double",
+                    visible_tests=["assert double(2) == 4"])
+        for i in range(12)
+    ]  # fmt: skip
+    answers = [engine.process_one(r) for r in requests]
+    # double(2) == 4 holds for x + 2 too: the small level passes its test and is
+    # wrong. Whenever the big level ran, it labelled the small one wrong.
+    assert all(a.attempts[-1].accepted and not any(x.accepted for x in a.attempts[:-1])
+               for a in answers)  # fmt: skip
+    assert len(events) == 12 and learner.n_requests == 12
+    labelled = [e for e in events if e["labels"]]
+    assert labelled and all(e["labels"] == {"0": False} for e in labelled)
+    # Once taught, a passing small answer is no longer trusted.
+    state = RouteState({})
+    state.add(Observation(0, True, 1.0, 1, 40, 1e-4), {})
+    assert learner.router.quality_of(state, 0) < 0.5
+    # Feedback on a published answer is learned; on an unknown one it is not.
+    assert learner.learn_one(Feedback(id="r11", passed=True))
+    assert not learner.learn_one(Feedback(id="nope", passed=False))
+    assert learner.n_feedback == 2 and learner.n_feedback_unmatched == 1
+
+
+def test_route_learner_state_round_trips_and_then_decides_identically() -> None:
+    learning = LearningConfig(enabled=True, budget_top_share=0.3)
+    learner = RouteLearner(learning, _level_configs(3))
+    rng = random.Random(3)
+    for i in range(60):
+        state = learner.begin(CodeRequest(id=f"r{i}", prompt="def f(x):\n    pass\n",
+                                          entry_point="f"))  # fmt: skip
+        while (m := learner.decide(state, learner.mu, learner.expected_costs())) is not None:
+            state.add(Observation(m, True, float(rng.random() < 0.7), 1, 50, 1e-5 * 10**m),
+                      {k: rng.random() < 0.8 for k in state.ran})  # fmt: skip
+        learner.finish(f"r{i}", state, {0: rng.random() < 0.6}, learner.answer(state))
+    saved = json.loads(json.dumps(learner.state_dict()))
+    again = RouteLearner(learning, _level_configs(3))
+    again.load_state_dict(saved)
+    assert again.state_dict() == learner.state_dict()
+    assert again.mu == learner.mu and again.top_calls != 3.3  # the budget moved it
+    probe = RouteState({})
+    probe.add(Observation(0, True, 1.0, 1, 50, 1e-5), {})
+    decisions = [learner.decide(probe, learner.mu, learner.expected_costs()) for _ in range(20)]
+    probe.forced = False
+    replayed = [again.decide(probe, again.mu, again.expected_costs()) for _ in range(20)]
+    assert decisions == replayed
+    with pytest.raises(ValueError, match="levels"):
+        RouteLearner(learning, _level_configs(2)).load_state_dict(saved)
+    route = learner.begin(CodeRequest(id="x", prompt="def f():\n    pass\n", entry_point="f"))
+    route.add(Observation(0, True, 1.0, 2, 10, 0.1), {})
+    route.add(Observation(1, False, 0.0, 2, 0, 0.2), {0: None})
+    assert state_to_dict(state_from_dict(state_to_dict(route))) == state_to_dict(route)
+
+
+def test_a_learning_event_teaches_a_replica_as_it_taught_the_source() -> None:
+    learning = LearningConfig(enabled=True)
+    source, replica = (RouteLearner(learning, _level_configs(2)) for _ in range(2))
+    events: list[dict] = []
+    source.on_event = events.append
+    for i in range(20):
+        state = RouteState({})
+        state.add(Observation(0, True, 1.0, 1, 50, 1e-5), {})
+        state.add(Observation(1, True, 1.0, 1, 50, 1e-4), {0: i % 2 == 0})
+        source.finish(f"r{i}", state, {0: i % 2 == 0}, 1)
+    for event in json.loads(json.dumps(events)):
+        replica.apply_event(event)
+    assert replica.router.state_dict()["quality"] == source.router.state_dict()["quality"]
+    with pytest.raises(ValueError, match="unsupported"):
+        replica.apply_event({"version": 1, "kind": "hedge"})
+
+
+def test_fixed_policy_stops_at_the_first_accepting_level() -> None:
+    policy = FixedCascadePolicy([1.0, 1.0, 0.0])
+    state = RouteState({})
+    assert policy.decide(state, 0.0, [0, 0, 0]) == 0
+    state.add(Observation(0, False, 0.0, 1, 0, 0.1), {})
+    assert policy.decide(state, 0.0, [0, 0, 0]) == 1
+    state.add(Observation(1, True, 1.0, 1, 30, 0.1), {})
+    assert policy.decide(state, 0.0, [0, 0, 0]) is None and policy.answer(state) == 1
