@@ -265,7 +265,12 @@ def cmd_state(args: argparse.Namespace) -> int:
     for number in store.numbers():
         state = store.load(number) or {}
         seen = state.get("counters", {}).get("n_requests", "?")
-        print(f"{number}\trequests seen: {seen}\tmu: {state.get('mu')}")
+        knob = (
+            f"top calls per wrong answer: {state['top_calls']:.3g}"
+            if "top_calls" in state
+            else f"mu: {state.get('mu')}"
+        )
+        print(f"{number}\trequests seen: {seen}\t{knob}")
     return 0
 
 

@@ -142,9 +142,12 @@ class LadderWorld:
 
     def labeler(self, learning: LearningConfig) -> Labeler:
         if learning.labels not in self._labelers:
-            self._labelers[learning.labels] = Labeler(
-                self.sandbox, learning.labels, learning.max_probes
-            )
+            labeler = Labeler(self.sandbox, learning.labels, learning.max_probes)
+            # Whatever the label source, the router compares levels on probes:
+            # one cache of those verdicts serves every labeler.
+            if self._labelers:
+                labeler.share_cache(next(iter(self._labelers.values())))
+            self._labelers[learning.labels] = labeler
         return self._labelers[learning.labels]
 
     def mean_cost(self, position: int) -> float:

@@ -180,15 +180,19 @@ def best_rule_losses(
 
 
 def recovery_requests(losses: Sequence[float], best: Sequence[float], start: int,
-                      window: int = 40, tolerance: float = 0.05) -> int | None:  # fmt: skip
-    """Requests after `start` until the running loss over `window` requests is
-    back within `tolerance` (absolute, per request) of the best rule's."""
-    for t in range(start + window, len(losses) + 1):
-        mine = sum(losses[t - window : t]) / window
-        theirs = sum(best[t - window : t]) / window
-        if mine <= theirs + tolerance:
-            return t - start
-    return None
+                      tolerance: float = 0.05) -> int | None:  # fmt: skip
+    """Requests after `start` until the router's cumulative loss since then is
+    back within `tolerance` (relative) of the best rule's, and stays there."""
+    mine = theirs = 0.0
+    inside: int | None = None
+    for t in range(start, len(losses)):
+        mine += losses[t]
+        theirs += best[t - start]
+        if mine <= (1 + tolerance) * theirs:
+            inside = t - start + 1 if inside is None else inside
+        else:
+            inside = None
+    return inside
 
 
 def router_overhead_us(
@@ -356,7 +360,7 @@ def route_learn(
         f"{100 * statistics.mean(d['pass_after'] for d in drift_rows):.1f}% after; cost "
         f"{statistics.mean(d['cost_pct_before'] for d in drift_rows):.1f}% before, "
         f"{statistics.mean(d['cost_pct_after'] for d in drift_rows):.1f}% after; requests "
-        f"until the loss over 40 is within 0.05 of the new best rule's: "
+        f"until its loss since the swap is within 5% of the new best rule's, for good: "
         + ", ".join("never" if r is None else str(r) for r in recoveries),
         f"Router overhead (featurize, decide, learn), {overhead['n']:.0f} requests: "
         f"median {overhead['median_us']:.1f} us, p99 {overhead['p99_us']:.1f} us",

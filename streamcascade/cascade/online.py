@@ -44,6 +44,11 @@ class Labeler:
         self._imitation: dict[tuple[str, str, str], bool | None] = {}
         self.seconds = 0.0
 
+    def share_cache(self, other: Labeler) -> None:
+        """Use `other`'s caches of verdicts (the same sandbox and probes)."""
+        self._reference = other._reference
+        self._imitation = other._imitation
+
     def uses_reference(self, request: CodeRequest) -> bool:
         has = request.reference_tests is not None or request.reference_label is not None
         return self.source == "reference" or (self.source == "auto" and has)

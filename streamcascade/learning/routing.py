@@ -330,20 +330,22 @@ class CascadeRouter:
         ex_ante = {m: self.value[m].predict_one(x) for m in remaining if m != self.top}
         passes = self.top_passes.predict_one(x) if self.top in remaining else 0.0
         good, bad = self._top_quality(True), self._top_quality(False)
-        values: dict[tuple[int, ...], float] = {(): best if view else -math.inf}
-        for size in range(1, len(remaining) + 1):
-            for plan in itertools.combinations(remaining, size):
-                mean, variance = best, 0.0
-                for m in plan:
-                    if m != self.top:
-                        mean, variance = _clark_max(
-                            mean, variance, ex_ante[m], self.spread[m].value
-                        )
-                if self.top in plan:
-                    mean = passes * _expected_max(mean, variance, good) + (
-                        1 - passes
-                    ) * _expected_max(mean, variance, bad)
-                values[plan] = mean - mu * sum(cost_usd[m] for m in plan)
+        # The max's moments over each set of cheap levels, each set built from a
+        # smaller one by one more max (sets in increasing order of their members).
+        moments: dict[tuple[int, ...], tuple[float, float, float]] = {(): (best, 0.0, 0.0)}
+        for m in sorted(ex_ante):
+            for plan, (mean, variance, cost) in list(moments.items()):
+                mean, variance = _clark_max(mean, variance, ex_ante[m], self.spread[m].value)
+                moments[(*plan, m)] = (mean, variance, cost + cost_usd[m])
+        values: dict[tuple[int, ...], float] = {}
+        with_top = self.top in remaining
+        for plan, (mean, variance, cost) in moments.items():
+            values[plan] = mean - mu * cost if (plan or view) else -math.inf
+            if with_top:
+                expected = passes * _expected_max(mean, variance, good) + (
+                    1 - passes
+                ) * _expected_max(mean, variance, bad)
+                values[(*plan, self.top)] = expected - mu * (cost + cost_usd[self.top])
         return values
 
     # -- acting --------------------------------------------------------------------
