@@ -39,7 +39,7 @@ from streamcascade.learnbench import (
     summarise,
 )
 from streamcascade.learning.route_learner import RouteLearner
-from streamcascade.learning.routing import Observation
+from streamcascade.learning.routing import Observation, RouteState
 from streamcascade.schemas import CodeRequest, Feedback
 
 # A rule: (level to run, rule if it passes, rule if it fails), or None to stop.
@@ -100,6 +100,17 @@ class RouterRun:
     """Each request's route and labels, to time the router alone afterwards."""
 
 
+class PriorOnly(RouteLearner):
+    """The router that never learns: its priors (the fixed rule's beliefs) and
+    plan values alone, with no exploration. What learning adds is the rest."""
+
+    def _learn(self, state: RouteState, labels: dict[int, bool | None]) -> None:
+        self.n_requests += 1
+
+    def decide(self, state: RouteState, mu: float, cost_usd: Sequence[float]) -> int | None:
+        return self.router.decide(state, mu, cost_usd, explore=False)
+
+
 def router_run(
     world: LadderWorld,
     learning: LearningConfig,
@@ -110,6 +121,7 @@ def router_run(
     feedback_delay: int = 5,
     seed: int = 0,
     drift: tuple[LadderWorld, Sequence[CodeRequest], SwitchLevel] | None = None,
+    learner_class: type[RouteLearner] = RouteLearner,
 ) -> RouterRun:
     """Stream `order` through a fresh router. With `feedback_share`, that share
     of the answers gets a Feedback record from the hidden tests (as a CI system
@@ -120,7 +132,7 @@ def router_run(
     if drift is not None:
         switch = drift[2]
         levels = [switch if level.index == switch.index else level for level in levels]
-    learner = RouteLearner(learning, [level.config for level in levels])
+    learner = learner_class(learning, [level.config for level in levels])
     engine = RoutedCascadeEngine(levels, learner=learner, labeler=world.labeler(learning))
     run = RouterRun(StreamResult(name))
     rng = random.Random(seed)
@@ -193,6 +205,25 @@ def recovery_requests(losses: Sequence[float], best: Sequence[float], start: int
         else:
             inside = None
     return inside
+
+
+def rule_figures(rule: Rule, world: LadderWorld) -> tuple[float, float]:
+    """A rule's pass@1 and mean cost (USD per request) on the whole task set."""
+    outcomes = [play_rule(rule, world, request) for request in world.requests]
+    n = len(outcomes)
+    return sum(o.right for o in outcomes) / n, sum(o.cost_usd for o in outcomes) / n
+
+
+def pareto(
+    figures: Sequence[tuple[float, float]], top_cost_usd: float
+) -> list[tuple[float, float]]:
+    """The rules no other rule beats on both pass@1 and cost, as (pass@1 %, cost %
+    of the top level alone), cheapest first."""
+    front: list[tuple[float, float]] = []
+    for right, cost in sorted(figures, key=lambda f: (f[1], -f[0])):
+        if not front or right > front[-1][0] / 100:
+            front.append((100 * right, 100 * cost / top_cost_usd))
+    return front
 
 
 def router_overhead_us(
@@ -272,12 +303,11 @@ def route_learn(
         }
     )
     rules = all_rules(n_levels)
-    hindsight = min(
-        rules, key=lambda r: sum(
-            float(not o.right) + mu * o.cost_usd
-            for o in (play_rule(r, world, q) for q in world.requests)
-        ),
-    )  # fmt: skip
+    figures = [rule_figures(rule, world) for rule in rules]
+    hindsight = rules[
+        min(range(len(rules)), key=lambda i: (1 - figures[i][0]) + mu * figures[i][1])
+    ]
+    front = pareto(figures, world.top_cost_usd / len(world.requests))
     rows = [summarise([world.alone(p)], top_usd) for p in reversed(range(n_levels))]
     rows.append(summarise([world.fixed_cascade()], top_usd))
     rows.append(_rule_row("best pass/fail rule in hindsight", world, hindsight))
@@ -296,6 +326,11 @@ def route_learn(
             for seed, order in enumerate(streams)
         ]
         rows.append(summarise([r.result for r in runs[name]], top_usd))
+    prior_name = "router, its prior alone (no learning)"
+    prior_runs = [
+        router_run(world, base, order, prior_name, mu, learner_class=PriorOnly) for order in streams
+    ]
+    rows.append(summarise([r.result for r in prior_runs], top_usd))
     hedge = LearningConfig(enabled=True, policy="hedge", mu=mu, labels="imitation")
     hedge_name = "Hedge thresholds (previous policy), imitation"
     rows.append(summarise([world.learned(hedge, o, hedge_name) for o in streams], top_usd))
@@ -354,6 +389,8 @@ def route_learn(
         f"against the best pass/fail rule in hindsight "
         f"{statistics.mean(c[-1] for c in regret_best):.1f} "
         f"(of {len(rules)} rules)",
+        "Pareto front of the pass/fail rules on the whole set (pass@1 % at cost %): "
+        + ", ".join(f"{p:.1f} at {c:.1f}" for p, c in front),
         f"Drift: {world.levels[swapped].name} answers with {world.levels[replacement].name}'s "
         f"recordings for a second pass: pass@1 "
         f"{100 * statistics.mean(d['pass_before'] for d in drift_rows):.1f}% before, "
@@ -374,6 +411,7 @@ def route_learn(
         "regret_vs_fixed_final": [c[-1] for c in regret_fixed],
         "regret_vs_best_rule_final": [c[-1] for c in regret_best],
         "n_rules": len(rules),
+        "rule_front": front,
         "drift": drift_rows,
         "drift_recovery_requests": recoveries,
         "router_overhead": overhead,

@@ -214,3 +214,23 @@ def test_fixed_policy_stops_at_the_first_accepting_level() -> None:
     assert policy.decide(state, 0.0, [0, 0, 0]) == 1
     state.add(Observation(1, True, 1.0, 1, 30, 0.1), {})
     assert policy.decide(state, 0.0, [0, 0, 0]) is None and policy.answer(state) == 1
+
+
+def test_pass_fail_rules_are_every_deterministic_policy() -> None:
+    from streamcascade.routebench import all_rules
+
+    # Two levels: run the top; or run level 0 and then stop or go up, on each outcome.
+    assert sorted(map(str, all_rules(2))) == sorted(
+        map(str, [(1, None, None), (0, None, None), (0, None, (1, None, None)),
+                  (0, (1, None, None), None), (0, (1, None, None), (1, None, None))])
+    )  # fmt: skip
+    assert len(all_rules(3)) == 73
+
+
+def test_recovery_counts_requests_until_the_loss_stays_within_five_percent() -> None:
+    from streamcascade.routebench import recovery_requests
+
+    best = [1.0] * 10
+    assert recovery_requests([1.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], best, 0) == 2
+    assert recovery_requests([2.0] * 10, best, 0) is None
+    assert recovery_requests([1.0] * 10, best, 0) == 1

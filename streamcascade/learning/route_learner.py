@@ -18,7 +18,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from streamcascade.config import LearningConfig, LevelConfig
@@ -68,7 +68,18 @@ class PendingAnswer:
 def state_to_dict(state: RouteState) -> dict[str, Any]:
     return {
         "features": state.features,
-        "observations": [asdict(o) for o in state.observations.values()],
+        # By hand, not dataclasses.asdict: this runs for every request.
+        "observations": [
+            {
+                "position": o.position,
+                "has_answer": o.has_answer,
+                "score": o.score,
+                "n_tests": o.n_tests,
+                "n_chars": o.n_chars,
+                "cost_usd": o.cost_usd,
+            }
+            for o in state.observations.values()
+        ],
         "agree": [[i, j, same] for (i, j), same in state.agree.items()],
         "order": state.order,
         "forced": state.forced,

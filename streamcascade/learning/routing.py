@@ -146,7 +146,7 @@ class RouterSettings:
     """The router's knobs (see `streamcascade.config.RouterConfig`)."""
 
     n_levels: int
-    prior_precision: float = 1.0
+    prior_precision: float = 10.0
     forgetting: float = 0.999
     explore_floor: float = 0.02
     thompson: bool = True
