@@ -31,6 +31,7 @@ from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy, json
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Classifier, Level0Router
+from streamcascade.learning.running import RunningMean
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2
 _MAX_SAMPLE_WEIGHT = 5.0  # caps an importance weight used as an SGD sample weight
 _MU_RANGE = (1e-6, 1e9)
-
-
-class RunningMean:
-    """Mean of the first `warmup` values, then an exponential moving average,
-    so a cost estimate follows a stream whose costs change."""
-
-    def __init__(self, alpha: float = 0.05, warmup: int = 20) -> None:
-        self.alpha, self.warmup = alpha, warmup
-        self.value = 0.0
-        self.n = 0
-
-    def update(self, x: float) -> None:
-        self.n += 1
-        rate = 1.0 / self.n if self.n <= self.warmup else self.alpha
-        self.value += rate * (x - self.value)
 
 
 @dataclass

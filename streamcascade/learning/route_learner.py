@@ -30,6 +30,7 @@ from streamcascade.learning.routing import (
     RouterSettings,
     RouteState,
 )
+from streamcascade.learning.running import RunningMean
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 # How far the budget may push the weight of a wrong answer, in top calls.
 _CALLS_RANGE = (0.05, 1000.0)
-
-
-class RunningMean:
-    def __init__(self, value: float = 0.0, n: int = 0) -> None:
-        self.value, self.n = value, n
-
-    def update(self, x: float, alpha: float = 0.05, warmup: int = 20) -> None:
-        self.n += 1
-        rate = 1.0 / self.n if self.n <= warmup else alpha
-        self.value += rate * (x - self.value)
 
 
 def prior_cost_usd(level: LevelConfig) -> float:
@@ -121,7 +112,9 @@ class RouteLearner:
             )
         )
         self.featurizer = RequestFeaturizer(config.level0_buckets)
-        self.costs = [RunningMean(prior_cost_usd(level)) for level in levels]
+        self.costs = [RunningMean() for _ in levels]
+        for mean, level in zip(self.costs, levels, strict=True):
+            mean.value = prior_cost_usd(level)  # until it has run: the first cost replaces it
         self.top_calls = settings.top_calls_per_wrong_answer
         self.budget_mean = RunningMean()
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(self.n_levels)]
@@ -283,9 +276,11 @@ class RouteLearner:
                 f"snapshot is for {state['n_levels']} levels, this cascade has {self.n_levels}"
             )
         self.router.load_state_dict(state["router"])
-        self.costs = [RunningMean(float(v), int(n)) for v, n in state["costs"]]
+        for mean, (value, n) in zip(self.costs, state["costs"], strict=True):
+            mean.value, mean.n = float(value), int(n)
         self.top_calls = float(state["top_calls"])
-        self.budget_mean = RunningMean(float(state["budget_mean"][0]), int(state["budget_mean"][1]))
+        self.budget_mean.value = float(state["budget_mean"][0])
+        self.budget_mean.n = int(state["budget_mean"][1])
         self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
