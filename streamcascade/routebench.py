@@ -341,7 +341,6 @@ def route_learn(
         cumulative_regret(r.losses, best_rule_losses(world, rules, order, mu))
         for r, order in zip(headline, streams, strict=True)
     ]
-    curves = StreamResult("regret")
     pngs = []
     for label, regrets in (("fixed cascade", regret_fixed), ("best rule", regret_best)):
         results = []
@@ -352,7 +351,6 @@ def route_learn(
         png = out_dir / f"route-regret-{label.replace(' ', '-')}.png"
         plot_regret(results, png, f"router's cumulative regret against the {label} (true loss)")
         pngs.append(png)
-    del curves
 
     # Drift: a second pass in which level n-2 answers with level 0's recordings.
     swapped, replacement = max(n_levels - 2, 0), 0

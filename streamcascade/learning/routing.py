@@ -132,9 +132,10 @@ def value_features(
 
 
 # Prior log-odds: the fixed visible-tests cascade's beliefs, which data then
-# moves. An answer passing its tests is probably right (logit 1.4: 80 %), one
-# failing them or missing is probably wrong; a state's value starts near 0.7;
-# the top model passes its own tests three times in four.
+# moves. An answer passing its tests is probably right (logit 1.0, 73 %, plus
+# up to 0.8 for later levels), one failing them (12 %) or missing is wrong; a
+# level's ex-ante quality starts near 60 %, with a spread of 0.35; the top
+# model passes its own tests three times in four.
 QUALITY_PRIOR = {"s.P": 1.0, "s.F": -2.0, "s.N": -4.0}
 VALUE_PRIOR = {"bias": 0.4}
 SPREAD_PRIOR = 0.12
@@ -235,7 +236,8 @@ class FixedCascadePolicy:
 
 
 class CascadeRouter:
-    """The learned router: quality estimators, value estimators, Thompson draws.
+    """The learned router: post-hoc and ex-ante quality estimators, plan values,
+    Thompson draws.
 
     Examples
     --------
