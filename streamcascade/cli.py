@@ -82,7 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = SnapshotStore(Path(args.state_dir)) if args.state_dir else None
         state = store.load() if store and learner else None
         if learner and state is not None:
-            learner.load_state_dict(state)
+            try:
+                learner.load_state_dict(state)
+            except (ValueError, KeyError) as error:
+                raise SystemExit(f"error: {args.state_dir}: cannot restore: {error}") from None
             log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
         total = args.limit if args.limit is not None else None
         for record in _progress(_records(args), "requests", not args.no_progress, total):
@@ -368,6 +371,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from streamcascade.cascade.build import build_engine
+    from streamcascade.learning.snapshots import SnapshotMismatch
     from streamcascade.sandbox import Sandbox
     from streamcascade.service.worker import CascadeService
 
@@ -378,7 +382,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service = CascadeService(config.kafka, built.engine, built.learner)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: service.stop())
-        stats = service.run()
+        try:
+            stats = service.run()
+        except SnapshotMismatch as error:
+            raise SystemExit(f"error: {error}") from None
     print(stats.line(), file=sys.stderr)
     return 0
 

@@ -234,3 +234,17 @@ def test_recovery_counts_requests_until_the_loss_stays_within_five_percent() -> 
     assert recovery_requests([1.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], best, 0) == 2
     assert recovery_requests([2.0] * 10, best, 0) is None
     assert recovery_requests([1.0] * 10, best, 0) == 1
+
+
+def test_a_snapshot_of_the_other_policy_is_refused_before_anything_changes() -> None:
+    from streamcascade.learning.learner import CascadeLearner
+    from streamcascade.learning.snapshots import SnapshotMismatch
+
+    hedge = CascadeLearner(LearningConfig(enabled=True, policy="hedge"), 2)
+    router = RouteLearner(LearningConfig(enabled=True), _level_configs(2))
+    before = router.state_dict()
+    with pytest.raises(SnapshotMismatch, match="'hedge' policy's"):
+        router.load_state_dict(hedge.state_dict())
+    assert router.state_dict() == before
+    with pytest.raises(SnapshotMismatch, match="'route' policy's"):
+        hedge.load_state_dict(router.state_dict())

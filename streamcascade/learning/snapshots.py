@@ -19,6 +19,10 @@ _NAME = re.compile(r"^snapshot-(\d{8})\.json$")
 FORMAT_VERSION = 1
 
 
+class SnapshotMismatch(ValueError):
+    """A snapshot this learner cannot restore (another policy, version or shape)."""
+
+
 class SnapshotStore:
     def __init__(self, directory: Path, keep: int = 20) -> None:
         if keep < 1:

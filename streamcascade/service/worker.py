@@ -50,6 +50,7 @@ from kafka import ConsumerRebalanceListener
 
 from streamcascade.config import KafkaConfig
 from streamcascade.learning.protocol import OnlineLearner
+from streamcascade.learning.snapshots import SnapshotMismatch
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_feedback, parse_request
 
@@ -820,7 +821,15 @@ class CascadeService:
         if snapshot is None:
             log.info("no learner snapshot in %s: starting fresh", self.config.topics.state)
             return {}
-        self.learner.load_state_dict(snapshot["state"])
+        try:
+            self.learner.load_state_dict(snapshot["state"])
+        except (ValueError, KeyError) as error:
+            # Fail at start, and say why: serving on with the learned state
+            # silently dropped would be worse than not serving.
+            raise SnapshotMismatch(
+                f"the latest learner snapshot in {self.config.topics.state} cannot be "
+                f"restored: {error}"
+            ) from None
         self.stats.restored_from = self.learner.n_requests
         log.info(
             "learner restored from %s (written by %s, %d requests seen)",
