@@ -93,6 +93,32 @@ def test_run_command_on_the_embedded_default(
     assert "1 answered, 0 dead letters" in capsys.readouterr().err
 
 
+def test_the_router_learns_on_the_real_models_and_keeps_its_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --config configs/learning.yaml --state-dir`: the cascade router over the
+    real 0.5B and 1.5B models, its snapshot restored by a second run."""
+    from streamcascade.cli import main
+
+    learning = Path(__file__).resolve().parents[1] / "configs" / "learning.yaml"
+    state_dir, out = tmp_path / "state", tmp_path / "answers.jsonl"
+    args = ["run", "--config", str(learning), "--limit", "3", "--state-dir", str(state_dir),
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    # The router chose who answered; the published attempt is the one marked accepted.
+    for answer in answers:
+        [published] = [a for a in answer["attempts"] if a["accepted"]]
+        assert published["level"] == answer["level"] and answer["code"].strip()
+    capsys.readouterr()
+    assert main(["state", "--state-dir", str(state_dir)]) == 0
+    assert "requests seen: 3" in capsys.readouterr().out
+    assert main(args) == 0  # restores the snapshot and goes on
+    assert main(["state", "--state-dir", str(state_dir)]) == 0
+    assert "requests seen: 6" in capsys.readouterr().out
+
+
 def test_learning_cascade_with_exemplar_memory_on_the_real_models(
     config: AppConfig, pool: BackendPool
 ) -> None:

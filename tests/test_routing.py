@@ -131,7 +131,10 @@ def test_the_learning_loop_labels_by_imitation_and_learns_feedback(sandbox: Sand
     big = ScriptedBackend("big", [RIGHT], [])
     levels = [_level(1, small, sandbox, t_test_generations=0),
               _level(2, big, sandbox, threshold=0.0, price_in_usd_per_1m=20.0)]  # fmt: skip
-    learning = LearningConfig(enabled=True, router=RouterConfig(explore_floor=0.0))
+    # A weak prior: twelve requests must be enough to learn from.
+    learning = LearningConfig(
+        enabled=True, router=RouterConfig(explore_floor=0.0, prior_precision=1.0)
+    )
     learner = RouteLearner(learning, [level.config for level in levels])
     events: list[dict] = []
     learner.on_event = events.append
