@@ -32,7 +32,7 @@ from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Classifier, Level0Router
 from streamcascade.learning.running import RunningMean
-from streamcascade.learning.snapshots import SnapshotMismatch
+from streamcascade.learning.snapshots import check_snapshot
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -572,6 +572,7 @@ class CascadeLearner:
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
+            "kind": "hedge",
             "n_levels": self.n_levels,
             "mu": self.mu,
             "policies": [p.state_dict() for p in self.policies],
@@ -604,17 +605,7 @@ class CascadeLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a snapshot (pending feedback is not part of it)."""
-        if state.get("kind", "hedge") != "hedge":
-            raise SnapshotMismatch(
-                f"the snapshot is the {state.get('kind')!r} policy's; this cascade runs "
-                "learning.policy: hedge"
-            )
-        if state.get("version") != STATE_VERSION:
-            raise SnapshotMismatch(f"unsupported learner state version {state.get('version')!r}")
-        if state["n_levels"] != self.n_levels:
-            raise SnapshotMismatch(
-                f"snapshot is for {state['n_levels']} levels, this cascade has {self.n_levels}"
-            )
+        check_snapshot(state, "hedge", "hedge", STATE_VERSION, self.n_levels)
         self.mu = float(state["mu"])
         self.policies = [HedgeThresholdPolicy.from_state_dict(p) for p in state["policies"]]
         self.gate = HedgeThresholdPolicy.from_state_dict(state["gate"])

@@ -31,7 +31,7 @@ from streamcascade.learning.routing import (
     RouteState,
 )
 from streamcascade.learning.running import RunningMean
-from streamcascade.learning.snapshots import SnapshotMismatch
+from streamcascade.learning.snapshots import check_snapshot
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -267,17 +267,7 @@ class RouteLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a snapshot (answers awaiting Feedback are not part of it)."""
-        if state.get("kind", "hedge") != "route":
-            raise SnapshotMismatch(
-                f"the snapshot is the {state.get('kind', 'hedge')!r} policy's; this cascade "
-                "runs learning.policy: router"
-            )
-        if state.get("version") != STATE_VERSION:
-            raise SnapshotMismatch(f"unsupported router state version {state.get('version')!r}")
-        if state["n_levels"] != self.n_levels:
-            raise SnapshotMismatch(
-                f"snapshot is for {state['n_levels']} levels, this cascade has {self.n_levels}"
-            )
+        check_snapshot(state, "route", "router", STATE_VERSION, self.n_levels)
         self.router.load_state_dict(state["router"])
         for mean, (value, n) in zip(self.costs, state["costs"], strict=True):
             mean.value, mean.n = float(value), int(n)

@@ -23,6 +23,25 @@ class SnapshotMismatch(ValueError):
     """A snapshot this learner cannot restore (another policy, version or shape)."""
 
 
+def check_snapshot(
+    state: dict[str, Any], kind: str, policy: str, version: int, n_levels: int
+) -> None:
+    """Raise SnapshotMismatch, before anything is restored, when `state` is not a
+    snapshot of this kind of learner, at this version, for this many levels.
+    Snapshots from before kinds existed are the Hedge learner's."""
+    found = state.get("kind", "hedge")
+    if found != kind:
+        raise SnapshotMismatch(
+            f"the snapshot is the {found!r} policy's; this cascade runs learning.policy: {policy}"
+        )
+    if state.get("version") != version:
+        raise SnapshotMismatch(f"unsupported {kind} state version {state.get('version')!r}")
+    if state.get("n_levels") != n_levels:
+        raise SnapshotMismatch(
+            f"snapshot is for {state.get('n_levels')} levels, this cascade has {n_levels}"
+        )
+
+
 class SnapshotStore:
     def __init__(self, directory: Path, keep: int = 20) -> None:
         if keep < 1:
