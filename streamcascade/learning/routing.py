@@ -8,16 +8,24 @@ quality minus mu times cost. Quality comes from two learned estimators:
   everything seen once the models in T ran: j's score on its tests, whether
   the others passed theirs, and whether each of them behaves like j on probe
   inputs (differential testing, the imitation machinery);
-- ex-ante, `g[m](S)`: the value expected after running model m from state S
-  (the better of the best answer then and a call to the top model), learned
-  from the router's own post-hoc estimates whenever m ran after S. It is
-  what lets the router run a cheap model for the evidence it brings, not
-  only for its own answer.
+- ex-ante, `e[m](S)`: what model m's post-hoc quality will be if it runs now,
+  from the state S it would run in (which levels ran, passed and agreed),
+  learned from every run of m with its post-hoc estimate as the target, with
+  the observed spread of that guess.
 
-Both are Bayesian logistic regressions (`BayesLogit`), and every decision
-uses one Thompson draw of them, so the router explores where it is unsure
-and stops exploring where it has seen enough. A small floor of forced
-escalations keeps labels coming, for drift.
+A plan is a set of models not run yet; its value is the expected quality of
+the best answer once it has run (a Gaussian per unrun model around its
+ex-ante estimate, as wide as its spread; Clark's moments for the max) less
+mu times its cost. The width is what lets the router run a cheap model for
+the evidence it brings. The best plan's most important model runs next;
+the empty plan is stopping.
+
+The estimators are Bayesian logistic regressions (`BayesLogit`) whose prior
+is the fixed cascade's belief (a passing answer is probably right, a failing
+one wrong). The stop-or-go-on decision uses one Thompson draw of the best
+answer's quality, so the router explores where it is unsure and stops
+exploring where it has seen enough; a small floor of forced escalations
+keeps labels coming, for drift.
 
 Labels for `q` come from the top model's answer (imitation: a lower answer is
 right when it behaves like a top answer that passed its own tests), from the
