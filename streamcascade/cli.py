@@ -590,7 +590,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValidationError as error:
+        if error.title != "AppConfig":
+            raise
+        # A config that does not validate: one line that names the file and fields.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in error.errors()[:5]
+        )
+        source = getattr(args, "config", None) or "the embedded default config"
+        print(f"error: {source}: {problems}", file=sys.stderr)
+        return 2
     return result
 
 

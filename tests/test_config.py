@@ -68,3 +68,16 @@ def test_learning_config_takes_one_budget() -> None:
 
     with pytest.raises(ValidationError, match="not both"):
         LearningConfig(budget_usd_per_request=0.01, budget_top_share=0.5)
+
+
+def test_a_config_typo_is_one_line_naming_the_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamcascade.cli import main
+
+    learning = Path(__file__).resolve().parents[1] / "configs" / "learning.yaml"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(learning.read_text().replace("policy: router", "policy: routr"))
+    assert main(["run", "--config", str(typo), "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {typo}: learning.policy: Input should be 'router' or 'hedge'"]
