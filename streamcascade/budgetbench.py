@@ -297,15 +297,11 @@ def service_budget(
     imitation labels only (hidden tests grade the published answers afterwards).
     The first `validation_requests` requests sweep every arm and go to GPT-4."""
     from streamcascade.backends import BackendPool
+    from streamcascade.backends.replay import ReplayBackendConfig
     from streamcascade.bench import CachingLevel
     from streamcascade.cascade import Level
     from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
-    from streamcascade.config import (
-        BudgetArmsConfig,
-        LearningConfig,
-        LevelConfig,
-        ReplayBackendConfig,
-    )
+    from streamcascade.config import BudgetArmsConfig, LearningConfig, LevelConfig
     from streamcascade.learning.learner import CascadeLearner
 
     wrap = progress or (lambda items, _label: items)

@@ -88,33 +88,43 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"error: {args.state_dir}: cannot restore: {error}") from None
             log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
         total = args.limit if args.limit is not None else None
+        batch: list[CodeRequest] = []
+
+        def answer_batch() -> None:
+            # One level step per batch: a batching backend sees every prompt at once.
+            results = engine.process_many(batch)
+            for request, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    # One bad request must not stop the stream: it goes to the dead letters.
+                    log.warning("request %s failed: %s", request.id, result)
+                    dead_out.write(
+                        DeadLetter(
+                            reason=str(result),
+                            error_type=type(result).__name__,
+                            raw=request.model_dump_json(),
+                            source=args.input or "humaneval",
+                        )
+                    )
+                    summary.n_dead_letters += 1
+                    continue
+                answers_out.write(result)
+                passed = grade_answer(sandbox, request, result) if args.grade else None
+                summary.add(result, passed)
+                if learner and store and learner.n_requests % args.snapshot_every == 0:
+                    store.save(learner.state_dict())
+            batch.clear()
+
         for record in _progress(_records(args), "requests", not args.no_progress, total):
             if record.dead_letter is not None:
                 dead_out.write(record.dead_letter)
                 summary.n_dead_letters += 1
                 continue
             assert record.request is not None
-            request = record.request
-            try:
-                answer = engine.process_one(request)
-            except (ValidationError, ValueError, KeyError, OSError, RuntimeError) as exc:
-                # One bad request must not stop the stream: it goes to the dead letters.
-                log.warning("request %s failed: %s", request.id, exc)
-                dead_out.write(
-                    DeadLetter(
-                        reason=str(exc),
-                        error_type=type(exc).__name__,
-                        raw=request.model_dump_json(),
-                        source=args.input or "humaneval",
-                    )
-                )
-                summary.n_dead_letters += 1
-                continue
-            answers_out.write(answer)
-            passed = grade_answer(sandbox, request, answer) if args.grade else None
-            summary.add(answer, passed)
-            if learner and store and learner.n_requests % args.snapshot_every == 0:
-                store.save(learner.state_dict())
+            batch.append(record.request)
+            if len(batch) >= args.batch_size:
+                answer_batch()
+        if batch:
+            answer_batch()
         if learner and store:
             log.info("learner state saved as snapshot %d", store.save(learner.state_dict()))
     answers_out.close()
@@ -476,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML config (default: the embedded configs/default.yaml)")
     run.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
     run.add_argument("--limit", type=int, help="stop after N requests")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="requests answered together: each level step is one backend call for all of "
+        "them (default 8; a learning cascade learns between batches)",
+    )
     run.add_argument("--out", help="append answers to this file (default: stdout)")
     run.add_argument("--dead-letters", help="append dead letters here (default: stderr)")
     run.add_argument("--no-grade", dest="grade", action="store_false",

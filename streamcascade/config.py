@@ -8,37 +8,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
+
+from streamcascade.backends.base import BackendSettings
+from streamcascade.backends.registry import parse_backend
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-class LlamaCppBackendConfig(BaseModel):
-    """A GGUF model run in-process by llama-cpp-python on the CPU."""
-
-    model_config = _FROZEN
-    kind: Literal["llamacpp"] = "llamacpp"
-    model: str = Field(description="A model registry name, or a path to a .gguf file.")
-    n_ctx: int = Field(default=4096, ge=256)
-    n_threads: int | None = Field(default=None, description="CPU threads; None = all cores.")
-    n_batch: int = 512
-    seed: int = 0
-
-
-class ReplayBackendConfig(BaseModel):
-    """Recorded generations served back by task id (humaneval-ladder or CodeT format)."""
-
-    model_config = _FROZEN
-    kind: Literal["replay"] = "replay"
-    format: Literal["ladder", "codet"]
-    path: Path = Field(description="A ladder .jsonl file, or the codet-humaneval directory.")
-    name: str | None = Field(default=None, description="Model name to report; default from path.")
-
-
-BackendConfig = Annotated[LlamaCppBackendConfig | ReplayBackendConfig, Field(discriminator="kind")]
 
 
 class LevelConfig(BaseModel):
@@ -47,7 +32,10 @@ class LevelConfig(BaseModel):
     model_config = _FROZEN
 
     name: str
-    backend: BackendConfig
+    backend: SerializeAsAny[BackendSettings] = Field(
+        description="A mapping with `kind` (an installed backend: llamacpp, replay, openai, "
+        "vllm, ...) and that kind's own fields."
+    )
     k_solutions: int = Field(default=1, ge=1, description="Solutions sampled per request.")
     t_test_generations: int = Field(
         default=1,
@@ -73,6 +61,40 @@ class LevelConfig(BaseModel):
     accept_without_tests: bool = Field(
         default=False,
         description="Whether a level with an empty test pool may accept (score counts as 0 else).",
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_of_its_kind(cls, raw: Any) -> BackendSettings:
+        return parse_backend(raw)
+
+
+class FailuresConfig(BaseModel):
+    """What happens when a model cannot answer: each backend has a circuit
+    breaker, each request a generation deadline; a level that fails passes the
+    request on, and at the top the fallback level (if any) answers, else the
+    request is a dead letter with reason `backend_unavailable`."""
+
+    model_config = _FROZEN
+    generation_deadline_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="All generation for one request (every level) must end within this.",
+    )
+    call_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="One backend call waits at most this long (a hung in-process model too).",
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failed calls that open a backend's breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="An open breaker lets one probe call through after this."
+    )
+    fallback: LevelConfig | None = Field(
+        default=None,
+        description="Answers when the top level cannot (its backend failed or is open).",
     )
 
 
@@ -362,6 +384,7 @@ class AppConfig(BaseModel):
     sandbox: SandboxConfig = SandboxConfig()
     learning: LearningConfig = LearningConfig()
     kafka: KafkaConfig = KafkaConfig()
+    failures: FailuresConfig = FailuresConfig()
     model_cache_dir: Path | None = Field(
         default=None, description="Where GGUF files are cached; None = the user's cache dir."
     )
@@ -372,6 +395,8 @@ class AppConfig(BaseModel):
     @model_validator(mode="after")
     def _names_unique(self) -> AppConfig:
         names = [level.name for level in self.levels]
+        if self.failures.fallback is not None:
+            names.append(self.failures.fallback.name)
         if len(set(names)) != len(names):
             raise ValueError(f"level names must be unique, got {names}")
         arms = self.learning.arms
@@ -403,6 +428,13 @@ def read_environment() -> Environment:
         offline=_truthy(os.environ.get("STREAMCASCADE_OFFLINE"))
         or _truthy(os.environ.get("HF_HUB_OFFLINE")),
     )
+
+
+def read_secret(variable: str) -> str | None:
+    """A secret (an API key) from the environment variable a config names. Kept
+    out of the config tree, so it is never dumped, logged or snapshotted."""
+    value = os.environ.get(variable)
+    return value if value else None
 
 
 def default_config_path() -> Path:

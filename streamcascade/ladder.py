@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from streamcascade.config import AppConfig, LevelConfig, ReplayBackendConfig, SandboxConfig
+from streamcascade.backends.replay import ReplayBackendConfig
+from streamcascade.config import AppConfig, LevelConfig, SandboxConfig
 from streamcascade.schemas import CodeRequest, DeadLetter
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")

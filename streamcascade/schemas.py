@@ -103,6 +103,17 @@ class Attempt(BaseModel):
     cost_usd: float
 
 
+class LevelFailure(BaseModel):
+    """A level that could not answer a request: its backend failed, timed out or
+    was shut off by its circuit breaker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: int
+    name: str
+    reason: str
+
+
 class CascadeAnswer(BaseModel):
     """What the cascade publishes for one request."""
 
@@ -134,6 +145,10 @@ class CascadeAnswer(BaseModel):
     )
     label: str | None = Field(
         default=None, description="The answer to a classification request (code is empty)."
+    )
+    failed_levels: list[LevelFailure] = Field(
+        default_factory=list,
+        description="Levels whose backend failed on this request; the request went on past them.",
     )
 
 

@@ -4,8 +4,9 @@ models are in test_real_models.py, the real recordings in test_replay.py)."""
 from __future__ import annotations
 
 from streamcascade.backends.base import Completion, GenerationParams, Prompt
+from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.cascade import CascadeEngine, Level
-from streamcascade.config import LevelConfig, ReplayBackendConfig
+from streamcascade.config import LevelConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from streamcascade.config import AppConfig, LlamaCppBackendConfig, load_config
+from streamcascade.backends.llamacpp import LlamaCppBackendConfig
+from streamcascade.config import AppConfig, load_config
 from streamcascade.schemas import CodeRequest
 
 

@@ -9,10 +9,11 @@ import random
 import pytest
 from test_cascade import REQUEST, RIGHT, TESTS, WRONG, ScriptedBackend, _level
 
+from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.cascade import CascadeEngine
 from streamcascade.cascade.online import Labeler
 from streamcascade.cascade.routed import RoutedCascadeEngine
-from streamcascade.config import LearningConfig, LevelConfig, ReplayBackendConfig, RouterConfig
+from streamcascade.config import LearningConfig, LevelConfig, RouterConfig
 from streamcascade.learning.bayes import BayesLogit
 from streamcascade.learning.route_learner import RouteLearner, state_from_dict, state_to_dict
 from streamcascade.learning.routing import (

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,9 +311,9 @@ class SlowEngine:
     def __init__(self, inner: Engine, seconds: float) -> None:
         self.inner, self.seconds = inner, seconds
 
-    def process_one(self, request: CodeRequest) -> CascadeAnswer:
-        time.sleep(self.seconds)
-        return self.inner.process_one(request)
+    def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]:
+        time.sleep(self.seconds * len(requests))
+        return self.inner.process_many(requests)
 
 
 def test_slow_levels_keep_the_group_membership_and_stop_hands_back_work(
@@ -525,10 +525,10 @@ class _Producer:
 
 
 class _EchoEngine:
-    def process_one(self, request: CodeRequest) -> CascadeAnswer:
-        return CascadeAnswer(id=request.id, code="", level=0, model="echo", score=1.0,
-                             attempts=[], tokens_in=0, tokens_out=0, seconds=0.0,
-                             cost_usd=0.0)  # fmt: skip
+    def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]:
+        return [CascadeAnswer(id=request.id, code="", level=0, model="echo", score=1.0,
+                              attempts=[], tokens_in=0, tokens_out=0, seconds=0.0,
+                              cost_usd=0.0) for request in requests]  # fmt: skip
 
 
 def test_requests_of_a_partition_handed_over_mid_batch_are_left_to_the_new_owner() -> None:

@@ -1,4 +1,6 @@
-"""Backends behind one protocol. Heavy imports (llama_cpp) happen only on use."""
+"""Backends behind one protocol, found as plug-ins (entry point group
+`streamcascade.backends`). Heavy imports (llama_cpp, vllm) happen only when a
+request first needs the model."""
 
 from __future__ import annotations
 
@@ -6,58 +8,75 @@ from pathlib import Path
 
 from streamcascade.backends.base import (
     Backend,
+    BackendError,
+    BackendSettings,
+    BackendUnavailable,
     ChatMessage,
     Completion,
     GenerationParams,
     Prompt,
     UnknownTaskError,
 )
-from streamcascade.config import BackendConfig, LlamaCppBackendConfig, ReplayBackendConfig
+from streamcascade.backends.guard import BreakerSettings, GuardedBackend, generation_deadline
+from streamcascade.backends.registry import BuildContext, installed_kinds, plugin
 
 __all__ = [
     "Backend",
+    "BackendError",
     "BackendPool",
+    "BackendSettings",
+    "BackendUnavailable",
+    "BreakerSettings",
+    "BuildContext",
     "ChatMessage",
     "Completion",
     "GenerationParams",
+    "GuardedBackend",
     "Prompt",
     "UnknownTaskError",
+    "generation_deadline",
+    "installed_kinds",
 ]
 
 
 class BackendPool:
-    """Builds each backend once and hands the same instance to every level that
-    names the same model, so a model is loaded once per process."""
+    """One guarded backend per distinct backend config, handed to every level
+    that names it, so a model is loaded once per process (and only when a
+    request first reaches it) and shares one circuit breaker."""
 
-    def __init__(self, model_cache_dir: Path | None = None, allow_hub: bool = True) -> None:
-        self._model_cache_dir = model_cache_dir
-        self._allow_hub = allow_hub
-        self._backends: dict[str, Backend] = {}
+    def __init__(
+        self,
+        model_cache_dir: Path | None = None,
+        allow_hub: bool = True,
+        breaker: BreakerSettings | None = None,
+        call_timeout_s: float = 300.0,
+        context: BuildContext | None = None,
+    ) -> None:
+        self._context = context or BuildContext(
+            model_cache_dir=model_cache_dir, allow_hub=allow_hub
+        )
+        self._breaker = breaker or BreakerSettings()
+        self._call_timeout_s = call_timeout_s
+        self._backends: dict[str, GuardedBackend] = {}
 
-    def get(self, config: BackendConfig) -> Backend:
+    def get(self, config: BackendSettings) -> GuardedBackend:
         key = config.model_dump_json()
         if key not in self._backends:
-            self._backends[key] = self._build(config)
+            kind = plugin(config.kind)
+            context = self._context
+            name = getattr(config, "name", None) or getattr(config, "model", None) or config.kind
+            self._backends[key] = GuardedBackend(
+                lambda: kind.build(config, context),
+                name=f"{config.kind}:{name}",
+                breaker=self._breaker,
+                call_timeout_s=self._call_timeout_s,
+            )
         return self._backends[key]
 
-    def _build(self, config: BackendConfig) -> Backend:
-        if isinstance(config, LlamaCppBackendConfig):
-            from streamcascade.backends.llamacpp import LlamaCppBackend
-            from streamcascade.models import resolve_model
+    def load(self, config: BackendSettings) -> Backend:
+        """The backend itself, built now (for tools that need the model loaded)."""
+        return self.get(config).backend()
 
-            path = resolve_model(config.model, self._model_cache_dir, self._allow_hub)
-            return LlamaCppBackend(
-                path,
-                model_name=config.model,
-                n_ctx=config.n_ctx,
-                n_threads=config.n_threads,
-                n_batch=config.n_batch,
-                seed=config.seed,
-            )
-        if isinstance(config, ReplayBackendConfig):
-            from streamcascade.backends.replay import CodeTReplayBackend, LadderReplayBackend
-
-            if config.format == "ladder":
-                return LadderReplayBackend(config.path, name=config.name)
-            return CodeTReplayBackend(config.path, name=config.name)
-        raise TypeError(f"unknown backend config {config!r}")
+    @property
+    def guards(self) -> list[GuardedBackend]:
+        return list(self._backends.values())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict
+
 Purpose = Literal["solutions", "tests", "classification"]
 
 
@@ -79,6 +81,23 @@ class Backend(Protocol):
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         """One list of `params.n` completions per prompt, in prompt order."""
         ...
+
+
+class BackendSettings(BaseModel):
+    """The config of one backend kind. Each kind (an entry point in the group
+    `streamcascade.backends`) owns a subclass; `kind` selects it in YAML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+
+
+class BackendError(RuntimeError):
+    """A generation call failed: the model could not be reached, answered with
+    an error, or took longer than allowed. The cascade passes the request on."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend's circuit breaker is open: it is not called until its cool-down ends."""
 
 
 class UnknownTaskError(KeyError):

@@ -7,11 +7,52 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from streamcascade.backends.base import Completion, GenerationParams, Prompt
+from pydantic import Field
+
+from streamcascade.backends.base import BackendSettings, Completion, GenerationParams, Prompt
+from streamcascade.backends.registry import BuildContext
 
 log = logging.getLogger(__name__)
+
+
+class LlamaCppBackendConfig(BackendSettings):
+    """A GGUF model run in-process by llama-cpp-python on the CPU (or offloaded to
+    a GPU with `n_gpu_layers`, where llama.cpp was built with one)."""
+
+    kind: Literal["llamacpp"] = "llamacpp"
+    model: str = Field(description="A model registry name, or a path to a .gguf file.")
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, description="CPU threads; None = all cores.")
+    n_batch: int = 512
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="Layers offloaded to a GPU; -1 = all, 0 = CPU only."
+    )
+    seed: int = 0
+
+
+class LlamaCppPlugin:
+    """Entry point `llamacpp`."""
+
+    config_model = LlamaCppBackendConfig
+
+    def build(self, config: LlamaCppBackendConfig, context: BuildContext) -> LlamaCppBackend:
+        from streamcascade.models import resolve_model
+
+        path = resolve_model(config.model, context.model_cache_dir, context.allow_hub)
+        return LlamaCppBackend(
+            path,
+            model_name=config.model,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            n_batch=config.n_batch,
+            n_gpu_layers=config.n_gpu_layers,
+            seed=config.seed,
+        )
+
+
+PLUGIN = LlamaCppPlugin()
 
 
 class LlamaCppBackend:
@@ -27,6 +68,7 @@ class LlamaCppBackend:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_gpu_layers: int = 0,
         seed: int = 0,
     ) -> None:
         from llama_cpp import Llama  # lazy: a replay-only user never loads the C library
@@ -39,6 +81,7 @@ class LlamaCppBackend:
             # llama-cpp-python's own default is half the cores; generation is ours to own.
             n_threads=n_threads or os.cpu_count() or 1,
             n_batch=n_batch,
+            n_gpu_layers=n_gpu_layers,
             seed=seed,
             verbose=False,
         )

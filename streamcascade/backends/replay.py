@@ -19,9 +19,42 @@ import time
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from streamcascade.backends.base import Completion, GenerationParams, Prompt, UnknownTaskError
+from pydantic import Field
+
+from streamcascade.backends.base import (
+    Backend,
+    BackendSettings,
+    Completion,
+    GenerationParams,
+    Prompt,
+    UnknownTaskError,
+)
+from streamcascade.backends.registry import BuildContext
+
+
+class ReplayBackendConfig(BackendSettings):
+    """Recorded generations served back by task id (humaneval-ladder or CodeT format)."""
+
+    kind: Literal["replay"] = "replay"
+    format: Literal["ladder", "codet"]
+    path: Path = Field(description="A ladder .jsonl file, or the codet-humaneval directory.")
+    name: str | None = Field(default=None, description="Model name to report; default from path.")
+
+
+class ReplayPlugin:
+    """Entry point `replay`."""
+
+    config_model = ReplayBackendConfig
+
+    def build(self, config: ReplayBackendConfig, context: BuildContext) -> Backend:
+        if config.format == "ladder":
+            return LadderReplayBackend(config.path, name=config.name)
+        return CodeTReplayBackend(config.path, name=config.name)
+
+
+PLUGIN = ReplayPlugin()
 
 
 class TokenCounter:

@@ -9,6 +9,11 @@ from typing import Any
 from streamcascade.schemas import Attempt, CascadeAnswer, CodeRequest
 
 
+class RequestFailed(RuntimeError):
+    """No level could answer: the request is a dead letter with this reason
+    (it starts with `backend_unavailable`)."""
+
+
 def build_answer(
     request: CodeRequest, attempts: Sequence[Attempt], started_s: float, **fields: Any
 ) -> CascadeAnswer:

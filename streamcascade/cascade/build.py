@@ -29,7 +29,14 @@ def build_engine(config: AppConfig, sandbox: Sandbox, learn: bool = False) -> Bu
     if config.learning.policy == "router":
         router = RouteLearner(config.learning, config.levels)
         return BuiltEngine(
-            RoutedCascadeEngine(fixed.levels, learner=router, labeler=labeler), router
+            RoutedCascadeEngine(
+                fixed.levels,
+                learner=router,
+                labeler=labeler,
+                fallback=fixed.fallback,
+                deadline_s=fixed.deadline_s,
+            ),
+            router,
         )
     learner = CascadeLearner(config.learning, len(fixed.levels))
     return BuiltEngine(OnlineCascadeEngine(fixed.levels, learner, labeler), learner)

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamcascade.backends import BackendPool
+from streamcascade.backends import BackendPool, BreakerSettings, BuildContext
 from streamcascade.cascade.answer import build_answer
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
-from streamcascade.config import AppConfig, LevelConfig
+from streamcascade.config import AppConfig, LevelConfig, read_secret
 from streamcascade.sandbox import Sandbox
 
 __all__ = ["CascadeEngine", "build_answer"]
+
+
+def pool_for(config: AppConfig) -> BackendPool:
+    """The backends of `config`, each built when a request first needs it."""
+    failures = config.failures
+    return BackendPool(
+        breaker=BreakerSettings(failures.breaker_failures, failures.breaker_cooldown_s),
+        call_timeout_s=failures.call_timeout_s,
+        context=BuildContext(
+            model_cache_dir=config.model_cache_dir,
+            allow_hub=config.allow_hub_download,
+            secret=read_secret,
+        ),
+    )
 
 
 class CascadeEngine(RoutedCascadeEngine):
@@ -22,8 +36,13 @@ class CascadeEngine(RoutedCascadeEngine):
     The top level always answers, with its best solution, accepted or not.
     """
 
-    def __init__(self, levels: Sequence[Level]) -> None:
-        super().__init__(levels)
+    def __init__(
+        self,
+        levels: Sequence[Level],
+        fallback: Level | None = None,
+        deadline_s: float | None = None,
+    ) -> None:
+        super().__init__(levels, fallback=fallback, deadline_s=deadline_s)
 
     @classmethod
     def from_config(
@@ -35,10 +54,19 @@ class CascadeEngine(RoutedCascadeEngine):
     ) -> CascadeEngine:
         """Build the levels of `config` (or the subset `only`, e.g. one level alone),
         sharing loaded models through `pool`."""
-        pool = pool or BackendPool(config.model_cache_dir, config.allow_hub_download)
+        pool = pool or pool_for(config)
         chosen = list(only) if only is not None else config.levels
         levels = [
             Level(config.levels.index(level) + 1, level, pool.get(level.backend), sandbox)
             for level in chosen
         ]
-        return cls(levels)
+        fallback = config.failures.fallback
+        return cls(
+            levels,
+            fallback=(
+                Level(len(config.levels) + 1, fallback, pool.get(fallback.backend), sandbox)
+                if fallback is not None and only is None
+                else None
+            ),
+            deadline_s=config.failures.generation_deadline_s,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from streamcascade.backends.base import Backend, Completion, GenerationParams
@@ -131,11 +132,67 @@ class Level:
             shape: self._outcome(request, run, shape, self.config.threshold) for shape in shapes
         }
 
+    def attempt_many(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        """`attempt` for a batch: every request's solution prompt goes to the
+        backend in one `generate` call (and every test prompt in another), so a
+        batching server sees the whole step; then the requests' sandbox runs
+        go on concurrently. Raises `BackendError` if the backend call failed
+        (for all of them: it was one call)."""
+        if not requests:
+            return []
+        config = self.config
+        shape = (config.k_solutions, config.t_test_generations, config.max_test_lines)
+        generated = self._generate(requests, [()] * len(requests), shape)
+
+        def check(i: int) -> _Run:
+            solutions, tests, generation_s = generated[i]
+            return self._check(requests[i], solutions, tests, generation_s, shape[2])
+
+        if len(requests) == 1:
+            runs = [check(0)]
+        else:
+            with ThreadPoolExecutor(min(len(requests), 8), thread_name_prefix="check") as pool:
+                runs = list(pool.map(check, range(len(requests))))
+        return [
+            self._outcome(request, run, shape, config.threshold)
+            for request, run in zip(requests, runs, strict=True)
+        ]
+
+    def classify_many(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        """`classify` for a batch, in one `generate` call."""
+        if not requests:
+            return []
+        config = self.config
+        params = GenerationParams(
+            n=config.k_solutions,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=min(config.max_tokens, 16),
+        )
+        started = time.perf_counter()
+        votes = self.backend.generate([classification_prompt(r) for r in requests], params)
+        generation_s = (time.perf_counter() - started) / len(requests)
+        return [
+            self._vote(request, request_votes, generation_s)
+            for request, request_votes in zip(requests, votes, strict=True)
+        ]
+
     def _run(
         self, request: CodeRequest, exemplars: Sequence[tuple[str, str]], shape: Shape
     ) -> _Run:
         """Generate k solutions and t test generations of at most L asserts, and
         run every solution against the pooled tests."""
+        generated = self._generate([request], [exemplars], shape)[0]
+        return self._check(request, *generated, shape[2])
+
+    def _generate(
+        self,
+        requests: Sequence[CodeRequest],
+        exemplars: Sequence[Sequence[tuple[str, str]]],
+        shape: Shape,
+    ) -> list[tuple[list[Completion], list[Completion], float]]:
+        """Per request: its k solutions, its t test generations, and its share
+        of the generation time (the calls are shared by the batch)."""
         config = self.config
         k, t, lines = shape
         started = time.perf_counter()
@@ -146,8 +203,9 @@ class Level:
             max_tokens=config.max_tokens,
             stop=STOP,
         )
-        solutions = self.backend.generate([solution_prompt(request, exemplars)], solution_params)[0]
-        test_completions: list[Completion] = []
+        prompts = [solution_prompt(r, e) for r, e in zip(requests, exemplars, strict=True)]
+        solutions = self.backend.generate(prompts, solution_params)
+        test_completions: list[list[Completion]] = [[] for _ in requests]
         if t > 0:
             test_params = GenerationParams(
                 n=t,
@@ -157,9 +215,20 @@ class Level:
                 stop=STOP,
                 seed=1_000,
             )
-            prompt = tests_prompt(request, lines)
-            test_completions = self.backend.generate([prompt], test_params)[0]
-        generation_s = time.perf_counter() - started
+            test_prompts = [tests_prompt(r, lines) for r in requests]
+            test_completions = self.backend.generate(test_prompts, test_params)
+        generation_s = (time.perf_counter() - started) / len(requests)
+        return [(solutions[i], test_completions[i], generation_s) for i in range(len(requests))]
+
+    def _check(
+        self,
+        request: CodeRequest,
+        solutions: list[Completion],
+        test_completions: list[Completion],
+        generation_s: float,
+        lines: int,
+    ) -> _Run:
+        """Extract programs and asserts, and run every program against the pool."""
         generated = [extract_asserts(c.text, request.entry_point, lines) for c in test_completions]
         tests = pool_tests([list(request.visible_tests), *generated])
         programs = [extract_program(c.text, request.prompt, request.entry_point) for c in solutions]
@@ -238,17 +307,13 @@ class Level:
     def classify(self, request: CodeRequest) -> LevelOutcome:
         """A classification request: k votes; the majority label's share of all
         k votes (unparseable ones included) is the acceptance score."""
+        return self.classify_many([request])[0]
+
+    def _vote(
+        self, request: CodeRequest, votes: list[Completion], generation_s: float
+    ) -> LevelOutcome:
         config = self.config
         labels = request.label_set or []
-        started = time.perf_counter()
-        params = GenerationParams(
-            n=config.k_solutions,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=min(config.max_tokens, 16),
-        )
-        votes = self.backend.generate([classification_prompt(request)], params)[0]
-        generation_s = time.perf_counter() - started
         parsed = [parse_label(v.text, labels) for v in votes]
         counts = {label: parsed.count(label) for label in labels}
         label = max(labels, key=lambda name: (counts[name], -labels.index(name)))

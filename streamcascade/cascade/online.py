@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from streamcascade.cascade.answer import build_answer
+from streamcascade.backends import BackendError
+from streamcascade.cascade.answer import RequestFailed, build_answer
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm, Shape
@@ -115,6 +116,19 @@ class OnlineCascadeEngine:
         self.levels = list(levels)
         self.learner = learner
         self.labeler = labeler
+
+    def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]:
+        """One request after another (each learns from the one before); a
+        request that failed has its exception in its place."""
+        results: list[CascadeAnswer | Exception] = []
+        for request in requests:
+            try:
+                results.append(self.process_one(request))
+            except BackendError as error:
+                results.append(RequestFailed(f"backend_unavailable: {error}"))
+            except Exception as error:
+                results.append(error)
+        return results
 
     def process_one(self, request: CodeRequest) -> CascadeAnswer:
         if request.is_classification:

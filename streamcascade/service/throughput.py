@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
-from streamcascade.config import LearningConfig, LevelConfig, ReplayBackendConfig
+from streamcascade.config import LearningConfig, LevelConfig
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest

@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,7 +60,7 @@ _MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a learner snapshot can be large
 
 
 class Engine(Protocol):
-    def process_one(self, request: CodeRequest) -> CascadeAnswer: ...
+    def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]: ...
 
 
 @dataclass
@@ -103,6 +103,13 @@ class _Output:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+def _reason(error: BaseException) -> str:
+    """A dead letter's reason: `backend_unavailable: ...` when no model could
+    answer, else what processing raised."""
+    text = str(error)
+    return text if text.startswith("backend_unavailable") else f"processing failed: {text}"
 
 
 class _BatchFailed(Exception):
@@ -487,7 +494,7 @@ class CascadeService:
 
         self._lost = set()
         rejected: list[tuple[Any, _Output]] = []
-        jobs: list[tuple[Any, Any, CodeRequest, Future[CascadeAnswer]]] = []
+        jobs: list[tuple[Any, Any, CodeRequest]] = []
         first: dict[Any, int] = {}
         offsets: dict[Any, Any] = {}
         for partition, records in batch.items():
@@ -501,9 +508,11 @@ class CascadeService:
                         (partition, self._dead_letter(record, parsed.reason, parsed.error_type))
                     )
                 else:
-                    future = self._worker.submit(self._answer, parsed)
-                    jobs.append((partition, record, parsed, future))
-        if not self._wait_for([job for *_, job in jobs]):
+                    jobs.append((partition, record, parsed))
+        # The whole batch goes to the engine at once: each level step is one
+        # backend call for every request waiting there.
+        answering = self._worker.submit(self.engine.process_many, [job[2] for job in jobs])
+        if not self._wait_for([answering]):
             log.warning("stopping with %d requests unanswered: handed back uncommitted", len(jobs))
             return
         # A partition handed to another instance meanwhile is read there from its
@@ -517,21 +526,22 @@ class CascadeService:
             offsets = {p: offset for p, offset in offsets.items() if p not in lost}
         outputs = [output for partition, output in rejected if partition not in lost]
         n_answers = n_failed = 0
-        for partition, record, request, job in jobs:
+        error = answering.exception()
+        results = answering.result() if error is None else [error] * len(jobs)
+        for (partition, record, request), result in zip(jobs, results, strict=True):
             if partition in lost:
                 continue
-            error = job.exception()
-            if error is None:
-                answer = job.result()
+            if not isinstance(result, BaseException):
+                answer = result
                 outputs.append(
                     _Output(self.config.topics.answers, request.id.encode(),
                             answer.model_dump_json().encode(), self._headers())
                 )  # fmt: skip
                 n_answers += 1
             else:
-                log.warning("request %s failed: %r", request.id, error)
-                outputs.append(self._dead_letter(record, f"processing failed: {error}",
-                                                 type(error).__name__))  # fmt: skip
+                log.warning("request %s failed: %r", request.id, result)
+                outputs.append(self._dead_letter(record, _reason(result),
+                                                 type(result).__name__))  # fmt: skip
                 n_failed += 1
         events, self._events = self._events, []
         for event in events:
@@ -606,10 +616,7 @@ class CascadeService:
         polled: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=timeout_ms)
         return polled
 
-    def _answer(self, request: CodeRequest) -> CascadeAnswer:
-        return self.engine.process_one(request)
-
-    def _wait_for(self, pending: list[Future[CascadeAnswer]]) -> bool:
+    def _wait_for(self, pending: list[Future[Any]]) -> bool:
         """Keep polling (partitions paused) until the worker is done. False when a
         stop's grace period ran out first."""
         consumer = self._consumer
