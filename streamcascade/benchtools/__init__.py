@@ -1,0 +1,1 @@
+"""Servers and helpers for tests and benchmarks; the library never imports this."""
