@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "streamcascade.backends.guard",
     "streamcascade.learning.bayes",
     "streamcascade.learning.routing",
 ]
