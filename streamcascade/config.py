@@ -76,15 +76,18 @@ class FailuresConfig(BaseModel):
     request is a dead letter with reason `backend_unavailable`."""
 
     model_config = _FROZEN
-    generation_deadline_s: float = Field(
-        default=600.0,
+    generation_deadline_s: float | None = Field(
+        default=None,
         gt=0,
-        description="All generation for one request (every level) must end within this.",
+        description="All generation for one request (every level, counted from when its "
+        "batch started) must end within this; None: no deadline. Set it where a late "
+        "answer is worth nothing; on CPU models a batch's requests wait for each other.",
     )
     call_timeout_s: float = Field(
         default=300.0,
         gt=0,
-        description="One backend call waits at most this long (a hung in-process model too).",
+        description="One backend call waits at most this long (a hung in-process model too); "
+        "an in-process llama.cpp call holds one prompt, an HTTP one a whole level step.",
     )
     breaker_failures: int = Field(
         default=3, ge=1, description="Consecutive failed calls that open a backend's breaker."

@@ -246,3 +246,15 @@ def test_the_pool_builds_each_backend_once_and_lazily(tmp_path: Any) -> None:
     guard = pool.get(config)
     assert pool.get(config) is guard and not guard.loaded
     assert guard.model_name == "rec" and guard.loaded
+
+
+def test_a_one_prompt_backend_gets_one_call_per_prompt_each_with_its_timeout() -> None:
+    inner = Flaky()
+    inner.hang_s = 0.15  # each call alone fits the timeout; three in one would not
+    guard = GuardedBackend(lambda: inner, "one-at-a-time", call_timeout_s=0.4, prompts_per_call=1)
+    out = guard.generate([PROMPT, PROMPT, PROMPT], GenerationParams())
+    assert len(out) == 3 and inner.calls == 3
+    from streamcascade.backends.llamacpp import LlamaCppBackendConfig
+
+    assert LlamaCppBackendConfig(model="m").prompts_per_call() == 1
+    assert OpenAIBackendConfig(base_url="http://h/v1", model="m").prompts_per_call() is None

@@ -70,6 +70,7 @@ class BackendPool:
                 name=f"{config.kind}:{name}",
                 breaker=self._breaker,
                 call_timeout_s=self._call_timeout_s,
+                prompts_per_call=config.prompts_per_call(),
             )
         return self._backends[key]
 

@@ -90,6 +90,12 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: str
 
+    def prompts_per_call(self) -> int | None:
+        """At most this many prompts go to one `generate` call (None: all of a
+        level step). A backend that generates one prompt after another says 1,
+        so that each call, and its timeout, covers one prompt."""
+        return None
+
 
 class BackendError(RuntimeError):
     """A generation call failed: the model could not be reached, answered with

@@ -159,8 +159,12 @@ class GuardedBackend:
         name: str,
         breaker: BreakerSettings | None = None,
         call_timeout_s: float = 300.0,
+        prompts_per_call: int | None = None,
     ) -> None:
+        """`prompts_per_call`: a batch is split into calls of at most this many
+        prompts, each with its own timeout (None: one call)."""
         self._build = build
+        self.prompts_per_call = prompts_per_call
         self._backend: Backend | None = None
         self._build_lock = threading.Lock()
         self._name = name
@@ -185,6 +189,13 @@ class GuardedBackend:
         return self.backend().model_name if self._backend is None else self._backend.model_name
 
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
+        size = self.prompts_per_call or len(prompts) or 1
+        results: list[list[Completion]] = []
+        for start in range(0, len(prompts), size):
+            results.extend(self._guarded(prompts[start : start + size], params))
+        return results
+
+    def _guarded(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         if not self.breaker.allow():
             raise BackendUnavailable(f"{self._name}: circuit breaker open")
         timeout_s = self.call_timeout_s

@@ -31,6 +31,9 @@ class LlamaCppBackendConfig(BackendSettings):
     )
     seed: int = 0
 
+    def prompts_per_call(self) -> int | None:
+        return 1  # one context, one prompt at a time
+
 
 class LlamaCppPlugin:
     """Entry point `llamacpp`."""
