@@ -28,6 +28,7 @@ from streamcascade.config import SandboxConfig
 from streamcascade.sandbox import Sandbox
 
 _PROGRAM = "def add(a, b):\n    return a + b\n"
+_SCRIPT = "a, b = map(int, input().split())\nprint(a + b)\n"
 
 
 def _asserts(n: int) -> list[str]:
@@ -40,6 +41,11 @@ class SandboxThroughput:
     batched_asserts_per_s: float
     per_assert_sandboxed_per_s: float
     per_assert_bare_process_per_s: float
+    assert_programs_per_s: float = 0.0
+    """Programs with `cases` asserts each, per second."""
+    io_programs_per_s: float = 0.0
+    """Whole programs run on `cases` stdin inputs each (output compared), per second."""
+    cases: int = 0
 
     def table(self) -> str:
         b = self.batched_asserts_per_s
@@ -53,6 +59,11 @@ class SandboxThroughput:
                 f"  one bare `python -c` per assert, no isolation  "
                 f"{self.per_assert_bare_process_per_s:9.0f} asserts/s"
                 f"  ({b / self.per_assert_bare_process_per_s:.0f}x slower)",
+                f"  a function, {self.cases} asserts per program      "
+                f"{self.assert_programs_per_s:9.1f} programs/s",
+                f"  a whole program, {self.cases} stdin inputs (stdout)  "
+                f"{self.io_programs_per_s:9.1f} programs/s"
+                f"  ({self.io_programs_per_s / self.assert_programs_per_s:.2f}x the assert path)",
             ]
         )
 
@@ -86,12 +97,28 @@ def sandbox_throughput(
             codes = list(pool.map(bare, _asserts(naive_asserts)))
         bare_s = time.perf_counter() - started
         assert codes == [0] * naive_asserts
+
+        # Whole programs on stdin/stdout against functions with asserts, the
+        # same number of cases each.
+        n_cases = 10
+        started = time.perf_counter()
+        results = box.run_many([(_PROGRAM, _asserts(n_cases))] * programs)
+        assert_s = time.perf_counter() - started
+        assert all(r.n_passed == n_cases for r in results)
+        cases = [(f"{i} {i + 1}\n", f"{2 * i + 1}\n") for i in range(n_cases)]
+        started = time.perf_counter()
+        io_results = box.run_io_many([(_SCRIPT, cases)] * programs)
+        io_s = time.perf_counter() - started
+        assert all(r.n_passed == n_cases for r in io_results), io_results[0]
         workers = box.workers
     return SandboxThroughput(
         workers=workers,
         batched_asserts_per_s=programs * asserts_per_program / batched_s,
         per_assert_sandboxed_per_s=naive_asserts / single_s,
         per_assert_bare_process_per_s=naive_asserts / bare_s,
+        assert_programs_per_s=programs / assert_s,
+        io_programs_per_s=programs / io_s,
+        cases=n_cases,
     )
 
 

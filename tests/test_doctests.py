@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "streamcascade.backends.guard",
+    "streamcascade.sandbox.compare",
     "streamcascade.learning.bayes",
     "streamcascade.learning.routing",
 ]

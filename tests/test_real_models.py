@@ -77,7 +77,8 @@ def test_backend_overhead_benchmark_runs(config: AppConfig) -> None:
     path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)
     figures = backend_overhead(path, name, runs=1, max_tokens=8)
     assert figures.bare_tokens_per_s > 0 and figures.backend_tokens_per_s > 0
-    assert "backend / bare" in figures.table()
+    assert figures.openai_tokens_per_s is not None and figures.openai_tokens_per_s > 0
+    assert "in-process / bare" in figures.table() and "openai / in-process" in figures.table()
 
 
 def test_run_command_on_the_embedded_default(

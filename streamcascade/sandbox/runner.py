@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from streamcascade.config import SandboxConfig
+from streamcascade.sandbox.compare import same_output
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class ExecutionResult:
-    """What happened when one program ran against a list of asserts.
+    """What happened when one program ran against a list of asserts, or on a
+    list of inputs.
 
     `test_status[i]` is "passed", "failed: ...", "error: ...", "timed out" or
-    "not run" (the child died or was killed before reaching it).
+    "not run" (the child died or was killed before reaching it); for a program
+    run on inputs without expected outputs, "ran" where it ended normally.
+    `outputs[i]`: what the program printed on input i (programs only).
     """
 
     load_status: str
@@ -59,6 +63,7 @@ class ExecutionResult:
     seconds: float = 0.0
     killed: bool = False
     isolation: dict[str, object] = field(default_factory=dict)
+    outputs: list[str | None] = field(default_factory=list)
 
     @property
     def passed(self) -> list[bool]:
@@ -162,7 +167,54 @@ class Sandbox:
         finally:
             self._slots.put(slot)
 
-    def _run_in_slot(self, slot: int, program: str, tests: list[str]) -> ExecutionResult:
+    def run_program(self, program: str, inputs: Sequence[str]) -> ExecutionResult:
+        """Run a whole program once per input, the input on its stdin; each
+        run's stdout (its first `max_output_bytes`) is in `outputs`."""
+        slot = self._slots.get()
+        try:
+            return self._run_in_slot(slot, program, [], list(inputs))
+        finally:
+            self._slots.put(slot)
+
+    def run_io(
+        self,
+        program: str,
+        cases: Sequence[tuple[str, str]],
+        float_tolerance: float | None = None,
+    ) -> ExecutionResult:
+        """Run a whole program on each (stdin, expected stdout) case; a case
+        passes when the output matches (see `compare.same_output`). The
+        comparison is made here, outside the process that ran the program."""
+        result = self.run_program(program, [stdin for stdin, _ in cases])
+        for i, (_, expected) in enumerate(cases):
+            output = result.outputs[i]
+            if result.test_status[i] == "ran" and output is not None:
+                same = same_output(output, expected, float_tolerance)
+                result.test_status[i] = "passed" if same else "failed: wrong output"
+        return result
+
+    def run_program_many(
+        self, jobs: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[ExecutionResult]:
+        """`run_program` for (program, inputs) pairs on all worker slots; in order."""
+        futures = [self._pool.submit(self.run_program, p, inputs) for p, inputs in jobs]
+        return [future.result() for future in futures]
+
+    def run_io_many(
+        self,
+        jobs: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+        float_tolerance: float | None = None,
+    ) -> list[ExecutionResult]:
+        """`run_io` for (program, cases) pairs on all worker slots; results in order."""
+        futures = [
+            self._pool.submit(self.run_io, program, cases, float_tolerance)
+            for program, cases in jobs
+        ]
+        return [future.result() for future in futures]
+
+    def _run_in_slot(
+        self, slot: int, program: str, tests: list[str], inputs: list[str] | None = None
+    ) -> ExecutionResult:
         config = self._config
         uid = _BASE_UID + slot if (self._as_root and config.drop_privileges) else None
         workdir = tempfile.mkdtemp(prefix="streamcascade-sandbox-")
@@ -171,13 +223,16 @@ class Sandbox:
         job = {
             "program": program,
             "tests": tests,
+            "inputs": inputs,
+            "max_case_output_bytes": config.max_output_bytes,
             "result_fd": write_fd,
             "workdir": workdir,
             "uid": uid,
             "isolate_network": config.isolate_network,
             "per_test_timeout_s": config.per_test_timeout_s,
             "program_timeout_s": config.program_timeout_s,
-            "cpu_s": config.program_timeout_s + config.per_test_timeout_s * max(len(tests), 1),
+            "cpu_s": config.program_timeout_s
+            + config.per_test_timeout_s * max(len(tests), len(inputs or ()), 1),
             "memory_mb": config.memory_mb,
             "max_processes": config.max_processes,
             "max_timeouts": config.max_timeouts,
@@ -213,7 +268,9 @@ class Sandbox:
             pass
 
         load_status = "not run"
-        statuses = ["not run"] * len(tests)
+        n_cases = len(inputs) if inputs is not None else len(tests)
+        statuses = ["not run"] * n_cases
+        outputs: list[str | None] = [None] * (n_cases if inputs is not None else 0)
         isolation: dict[str, object] = {}
         killed = False
         buffer = b""
@@ -250,10 +307,12 @@ class Sandbox:
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
                         if load_status != "ok":
                             done = True
-                    elif kind == "test":
+                    elif kind in ("test", "case"):
                         index = event.get("index")
-                        if isinstance(index, int) and 0 <= index < len(tests):
+                        if isinstance(index, int) and 0 <= index < n_cases:
                             statuses[index] = str(event.get("status"))
+                            if kind == "case" and inputs is not None:
+                                outputs[index] = str(event.get("stdout", ""))
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
                     elif kind == "done":
                         done = True
@@ -282,6 +341,7 @@ class Sandbox:
             seconds=time.perf_counter() - started,
             killed=killed,
             isolation=isolation,
+            outputs=outputs,
         )
 
     def _reap(self, child: subprocess.Popen[bytes], uid: int | None) -> None:
