@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from connectors.base import Record
 from streamcascade.schemas import CodeRequest, DeadLetter
+from streamcascade.tasks import check_request
 
 
 class JsonlSource:
@@ -28,7 +29,8 @@ class JsonlSource:
                     continue
                 where = f"{self.path}:{number}"
                 try:
-                    yield Record(request=CodeRequest.model_validate_json(text))
+                    request = CodeRequest.model_validate_json(text)
+                    check_request(request)  # what its kind asks of it
                 except ValidationError as exc:
                     reason = "; ".join(
                         f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}"
@@ -39,6 +41,14 @@ class JsonlSource:
                             reason=reason, error_type="ValidationError", raw=text, source=where
                         )
                     )
+                except ValueError as exc:
+                    yield Record(
+                        dead_letter=DeadLetter(
+                            reason=str(exc), error_type="WrongKind", raw=text, source=where
+                        )
+                    )
+                else:
+                    yield Record(request=request)
 
 
 class JsonlSink:

@@ -17,7 +17,6 @@ from typing import Any
 from streamcascade.backends import BackendPool
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.config import AppConfig
-from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm
 from streamcascade.metrics import RunSummary, format_table
 from streamcascade.sandbox import Sandbox
@@ -25,6 +24,7 @@ from streamcascade.schemas import CodeRequest
 from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests
 from streamcascade.selfcheck.execution import run_candidates
 from streamcascade.selfcheck.scoring import select_by_dual_agreement, select_by_pass_rate
+from streamcascade.tasks import grade_all
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_bench(
         engine = CascadeEngine(chosen)
         summary = RunSummary(name)
         answers = [engine.process_one(r) for r in wrap(requests, name)]
-        graded = grade_many(grader, [(r, a.code) for r, a in zip(requests, answers, strict=True)])
+        graded = grade_all(grader, [(r, a.code) for r, a in zip(requests, answers, strict=True)])
         for answer, passed in zip(answers, graded, strict=True):
             summary.add(answer, passed)
         summaries.append(summary)
@@ -195,7 +195,7 @@ def codet_bench(
             reference_tests=problem["test"],
         )
         correct_by_program = dict(
-            zip(unique, grade_many(grader, [(request, p) for p in unique]), strict=True)
+            zip(unique, grade_all(grader, [(request, p) for p in unique]), strict=True)
         )
         correct = [bool(correct_by_program[p]) for p in programs]
         # A uniform random pick's pass@1, in expectation (exactly, not sampled).

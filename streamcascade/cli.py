@@ -61,10 +61,10 @@ def _records(args: argparse.Namespace) -> Iterator[_Record]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.cascade.build import build_engine
-    from streamcascade.evaluation import grade_answer
     from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
     from streamcascade.sandbox import Sandbox
+    from streamcascade.tasks import grade_answer
 
     config = load_config(Path(args.config) if args.config else None)
     sinks = "streamcascade.sinks"

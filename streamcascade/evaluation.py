@@ -1,4 +1,5 @@
-"""Grading answers against hidden reference tests, in the sandbox."""
+"""Grading function answers against hidden reference tests, in the sandbox (other
+kinds grade their own: `streamcascade.tasks`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import ast
 from collections.abc import Sequence
 
 from streamcascade.sandbox import Sandbox
-from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.schemas import CodeRequest
 
 
 def _calls_check(code: str) -> bool:
@@ -33,16 +34,6 @@ def reference_test(request: CodeRequest) -> str | None:
     if _calls_check(request.reference_tests):
         return request.reference_tests
     return f"{request.reference_tests}\n\ncheck({request.entry_point})\n"
-
-
-def grade_answer(sandbox: Sandbox, request: CodeRequest, answer: CascadeAnswer) -> bool | None:
-    """Whether an answer is right: its label against the reference label for a
-    classification request, its code against the hidden tests otherwise."""
-    if request.is_classification:
-        if request.reference_label is None:
-            return None
-        return answer.label == request.reference_label
-    return grade_many(sandbox, [(request, answer.code)])[0]
 
 
 def grade_many(sandbox: Sandbox, pairs: Sequence[tuple[CodeRequest, str]]) -> list[bool | None]:

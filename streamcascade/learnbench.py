@@ -26,11 +26,11 @@ from streamcascade.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
-from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
+from streamcascade.tasks import grade_all
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class LadderWorld:
         """Whether each level's answer passes its own tests (what a fixed rule sees)."""
         for level in self.levels:
             outcomes = {r.id: level.attempt(r) for r in wrap(self.requests, level.name)}
-            graded = grade_many(grader, [(r, outcomes[r.id].code) for r in self.requests])
+            graded = grade_all(grader, [(r, outcomes[r.id].code) for r in self.requests])
             self.correct.append({r.id: bool(g) for r, g in zip(self.requests, graded, strict=True)})
             self.cost.append({r.id: outcomes[r.id].attempt.cost_usd for r in self.requests})
             self.passes.append(
@@ -354,7 +354,7 @@ def real_learn(
 
     def right(request: CodeRequest, code: str) -> bool:
         if (request.id, code) not in verdicts:
-            verdicts[(request.id, code)] = bool(grade_many(grader, [(request, code)])[0])
+            verdicts[(request.id, code)] = bool(grade_all(grader, [(request, code)])[0])
         return verdicts[(request.id, code)]
 
     rows: list[dict[str, Any]] = []

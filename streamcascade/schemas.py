@@ -6,25 +6,49 @@ fails here with a clear validation error instead of deep inside the cascade.
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SCHEMA_VERSION = 2
+"""The newest request schema this version reads. 1: functions and labels; 2 adds
+`kind`, input/output examples, starter code and metadata (1 still reads)."""
 
 
-class CodeRequest(BaseModel):
-    """One request. Generation (the default): write the function `entry_point`
-    that `prompt` describes. Classification: when `label_set` is given, answer
-    with one of its labels (e.g. a review verdict on the diff in `prompt`)."""
+class IOExample(BaseModel):
+    """An example of input and output: for a `program`, its stdin and the stdout
+    expected; for an `io_function`, its arguments (a list) and its result."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    input: Any
+    output: Any
+
+
+class CodeRequest(BaseModel):
+    """One request. Its `kind` says what is asked (see `streamcascade.tasks`):
+    `function` (the default: write the function `entry_point` that `prompt`
+    describes), `program` (a whole program on stdin/stdout), `io_function` (a
+    function given by starter code and argument/result examples), `label` (one
+    of `label_set`, e.g. a review verdict on the diff in `prompt`; the default
+    when `label_set` is given), or a kind an installed package adds.
+
+    Fields this version does not know are kept in `metadata` and passed through
+    to the answer, so that producers can move to a newer schema first.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = Field(default=1, ge=1, description="Of the producer's schema.")
     id: str = Field(min_length=1, max_length=512)
+    kind: str = Field(
+        default="",
+        description="function | program | io_function | label | an installed kind; empty: "
+        "label when label_set is given, else function.",
+    )
     prompt: str = Field(min_length=1, description="Signature and docstring, or a task in prose.")
     entry_point: str = Field(
-        default="", description="Name of the function the answer must define (generation)."
+        default="", description="Name of the function the answer must define (function kinds)."
     )
     language: Literal["python"] = "python"
     visible_tests: list[str] = Field(
@@ -36,26 +60,55 @@ class CodeRequest(BaseModel):
         description="Hidden test code (a `check(candidate)` function, as in HumanEval). "
         "Never shown to a model; used only to grade answers.",
     )
+    examples: list[IOExample] = Field(
+        default_factory=list,
+        description="Visible input/output examples (program, io_function): they join every "
+        "level's test pool.",
+    )
+    reference_examples: list[IOExample] = Field(
+        default_factory=list,
+        description="Hidden input/output examples: never shown to a model; grade answers.",
+    )
+    starter_code: str = Field(default="", description="Code the answer starts from (io_function).")
+    float_tolerance: float | None = Field(
+        default=None, ge=0, description="Numbers in outputs may differ by this much (program)."
+    )
     label_set: list[str] | None = Field(
         default=None,
-        description="The answers a classification request allows, e.g. "
-        '["approve", "request changes"]; None for a generation request.',
+        description="The answers a label request allows, e.g. "
+        '["approve", "request changes"]; None for other kinds.',
     )
     reference_label: str | None = Field(
         default=None, description="The right label, hidden from models; grades answers."
     )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Carried through to the answer untouched (unknown fields land here too).",
+    )
 
     @property
     def is_classification(self) -> bool:
-        return self.label_set is not None
+        return self.kind == "label"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_fields_to_metadata(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = {k: v for k, v in data.items() if k not in cls.model_fields}
+        if not unknown and data.get("kind"):
+            return data
+        data = {k: v for k, v in data.items() if k in cls.model_fields}
+        if unknown:
+            metadata = data.get("metadata")
+            data["metadata"] = {**unknown, **(metadata if isinstance(metadata, dict) else {})}
+        if not data.get("kind"):
+            data["kind"] = "label" if data.get("label_set") is not None else "function"
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> CodeRequest:
         if self.label_set is None:
-            if not _IDENTIFIER.match(self.entry_point):
-                raise ValueError(
-                    f"entry_point must be a Python identifier, got {self.entry_point!r}"
-                )
             if self.reference_label is not None:
                 raise ValueError("reference_label needs a label_set")
             return self
@@ -145,6 +198,10 @@ class CascadeAnswer(BaseModel):
     )
     label: str | None = Field(
         default=None, description="The answer to a classification request (code is empty)."
+    )
+    kind: str = Field(default="function", description="The request's kind.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The request's metadata, passed through."
     )
     failed_levels: list[LevelFailure] = Field(
         default_factory=list,

@@ -44,10 +44,22 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_request_validation() -> None:
-    with pytest.raises(ValidationError, match="identifier"):
-        CodeRequest(id="x", prompt="def f(): ...", entry_point="not valid")
+    from streamcascade.tasks import check_request
+
+    # The schema checks the structure; the request's kind checks what it asks.
+    for name in ("not valid", "class", ""):
+        with pytest.raises(ValueError, match="needs entry_point"):
+            check_request(CodeRequest(id="x", prompt="def f(): ...", entry_point=name))
     with pytest.raises(ValidationError):
         CodeRequest(id="", prompt="p", entry_point="f")
+    with pytest.raises(ValueError, match="unknown task kind 'sql'; installed: "):
+        check_request(CodeRequest(id="x", prompt="p", kind="sql"))
+    # Unknown fields are kept, not refused: they travel to the answer.
+    request = CodeRequest.model_validate(
+        {"id": "x", "prompt": "p", "entry_point": "f", "trace_id": "t-1", "schema_version": 3}
+    )
+    assert request.metadata == {"trace_id": "t-1"} and request.kind == "function"
+    assert CodeRequest(id="y", prompt="p", label_set=["a", "b"]).kind == "label"
 
 
 def test_shipped_configs_load() -> None:

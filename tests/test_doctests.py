@@ -10,6 +10,10 @@ import pytest
 MODULES = [
     "streamcascade.backends.guard",
     "streamcascade.sandbox.compare",
+    "streamcascade.tasks.function",
+    "streamcascade.tasks.io_function",
+    "streamcascade.tasks.label",
+    "streamcascade.tasks.program",
     "streamcascade.learning.bayes",
     "streamcascade.learning.routing",
 ]

@@ -309,8 +309,12 @@ def test_classification_request_validation() -> None:
         CodeRequest(id="x", prompt="diff", label_set=["approve", "approve"])
     with pytest.raises(ValidationError, match="not in label_set"):
         CodeRequest(id="x", prompt="diff", label_set=["a", "b"], reference_label="c")
-    with pytest.raises(ValidationError, match="entry_point"):
-        CodeRequest(id="x", prompt="def f(): pass")
+    from streamcascade.tasks import check_request
+
+    with pytest.raises(ValueError, match="entry_point"):
+        check_request(CodeRequest(id="x", prompt="def f(): pass"))
+    with pytest.raises(ValueError, match="needs label_set"):
+        check_request(CodeRequest(id="x", prompt="diff", kind="label"))
 
 
 def test_top_share_budget_steers_mu_both_ways() -> None:

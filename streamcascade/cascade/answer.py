@@ -26,5 +26,7 @@ def build_answer(
         tokens_out=sum(a.tokens_out for a in attempts),
         seconds=time.perf_counter() - started_s,
         cost_usd=sum(a.cost_usd for a in attempts),
+        kind=request.kind,
+        metadata=request.metadata,
         **fields,
     )

@@ -1,28 +1,26 @@
-"""One level of the cascade: generate solutions and tests, run them, score, decide."""
+"""One level of the cascade: what its model does for a request of each kind.
+The request's kind (`streamcascade.tasks`) says what a step is; the level owns
+the machinery: generate solutions and tests, run them, score (tested kinds), or
+vote (label kinds)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from streamcascade.backends.base import Backend, Completion, GenerationParams
-from streamcascade.cascade.prompts import (
-    STOP,
-    classification_prompt,
-    parse_label,
-    solution_prompt,
-    tests_prompt,
-)
+from streamcascade.backends.base import Backend, Completion, GenerationParams, Prompt
 from streamcascade.config import LevelConfig
 from streamcascade.learning.budget import Arm, Shape
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
-from streamcascade.selfcheck import extract_asserts, extract_program, pool_tests, select
-from streamcascade.selfcheck.execution import run_candidates
-from streamcascade.selfcheck.extract import normalize_assert
+from streamcascade.selfcheck import select
+from streamcascade.tasks import LevelOutcome, TestedKind, task_kind
+from streamcascade.tasks.function import KIND as FUNCTION
+
+__all__ = ["Level", "LevelOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +40,6 @@ class _Run:
     results: dict[str, ExecutionResult]
     generation_s: float
     sandbox_s: float
-
-
-@dataclass
-class LevelOutcome:
-    """An attempt record plus the code it would answer with."""
-
-    attempt: Attempt
-    code: str
-    tests: list[str] = field(default_factory=list)
-    """The pooled asserts the attempt ran (visible and generated)."""
-    label: str | None = None
-    """A classification attempt's majority label (None: no vote parsed)."""
 
 
 def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
@@ -76,11 +62,24 @@ def _summary(result: ExecutionResult, columns: Sequence[int]) -> TestSummary:
     )
 
 
+def _pool(groups: Sequence[Sequence[str]], key: Callable[[str], str]) -> list[str]:
+    """Concatenate test lists, dropping those equal by `key`, first seen first."""
+    seen: set[str] = set()
+    pooled: list[str] = []
+    for group in groups:
+        for test in group:
+            k = key(test)
+            if k not in seen:
+                seen.add(k)
+                pooled.append(test)
+    return pooled
+
+
 class Level:
     """A model plus the seed paper's self-check: k solutions, t test generations
-    of at most L asserts each, pooled with the request's visible tests; every
-    solution runs against every test; the best solution's score is compared
-    with the threshold."""
+    of at most L tests each, pooled with the request's visible tests; every
+    solution runs against every test; the best solution's score is what the
+    policy sees. What a solution, a test and a run are is the request's kind's."""
 
     def __init__(self, index: int, config: LevelConfig, backend: Backend, sandbox: Sandbox) -> None:
         self.index = index
@@ -91,6 +90,21 @@ class Level:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        """This level's attempt at each request: each kind's requests in one batch
+        (one backend call per kind and purpose). Raises `BackendError` if the
+        backend failed (for all of them)."""
+        outcomes: dict[int, LevelOutcome] = {}
+        by_kind: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_kind.setdefault(request.kind, []).append(i)
+        for name, indices in by_kind.items():
+            done = task_kind(name).step(self, [requests[i] for i in indices])
+            outcomes.update(zip(indices, done, strict=True))
+        return [outcomes[i] for i in range(len(requests))]
+
+    # -- function requests with exemplars or budget arms (the Hedge engine) ----------
 
     def attempt(
         self,
@@ -107,8 +121,8 @@ class Level:
             else (config.k_solutions, config.t_test_generations, config.max_test_lines)
         )
         threshold = arm.threshold if arm is not None else config.threshold
-        run = self._run(request, exemplars, shape)
-        return self._outcome(request, run, shape, threshold)
+        run = self._run(request, exemplars, shape, FUNCTION)
+        return self._outcome(request, run, shape, threshold, FUNCTION)
 
     def sweep(
         self,
@@ -127,26 +141,36 @@ class Level:
             max(t for _, t, _ in shapes),
             max(lines for _, _, lines in shapes),
         )
-        run = self._run(request, exemplars, widest)
+        run = self._run(request, exemplars, widest, FUNCTION)
         return {
-            shape: self._outcome(request, run, shape, self.config.threshold) for shape in shapes
+            shape: self._outcome(request, run, shape, self.config.threshold, FUNCTION)
+            for shape in shapes
         }
 
     def attempt_many(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
-        """`attempt` for a batch: every request's solution prompt goes to the
-        backend in one `generate` call (and every test prompt in another), so a
-        batching server sees the whole step; then the requests' sandbox runs
-        go on concurrently. Raises `BackendError` if the backend call failed
-        (for all of them: it was one call)."""
+        """Function requests in a batch (`step` takes any kind)."""
+        return self.tested_step(requests, FUNCTION)
+
+    def classify(self, request: CodeRequest) -> LevelOutcome:
+        """A label request (`step` takes any kind)."""
+        return self.step([request])[0]
+
+    # -- what a kind asks of a level (LevelTools) ------------------------------------
+
+    def tested_step(self, requests: Sequence[CodeRequest], kind: TestedKind) -> list[LevelOutcome]:
+        """Generate-and-test for a batch: every request's solution prompt goes to
+        the backend in one `generate` call (and every test prompt in another), so
+        a batching server sees the whole step; then the requests' sandbox runs go
+        on concurrently."""
         if not requests:
             return []
         config = self.config
         shape = (config.k_solutions, config.t_test_generations, config.max_test_lines)
-        generated = self._generate(requests, [()] * len(requests), shape)
+        generated = self._generate(requests, [()] * len(requests), shape, kind)
 
         def check(i: int) -> _Run:
             solutions, tests, generation_s = generated[i]
-            return self._check(requests[i], solutions, tests, generation_s, shape[2])
+            return self._check(requests[i], solutions, tests, generation_s, shape[2], kind)
 
         if len(requests) == 1:
             runs = [check(0)]
@@ -154,12 +178,18 @@ class Level:
             with ThreadPoolExecutor(min(len(requests), 8), thread_name_prefix="check") as pool:
                 runs = list(pool.map(check, range(len(requests))))
         return [
-            self._outcome(request, run, shape, config.threshold)
+            self._outcome(request, run, shape, config.threshold, kind)
             for request, run in zip(requests, runs, strict=True)
         ]
 
-    def classify_many(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
-        """`classify` for a batch, in one `generate` call."""
+    def vote_step(
+        self,
+        requests: Sequence[CodeRequest],
+        prompt: Callable[[CodeRequest], Prompt],
+        parse: Callable[[CodeRequest, str], str | None],
+    ) -> list[LevelOutcome]:
+        """k votes per request, all requests in one `generate` call; the majority
+        label's share of all k votes (unparseable ones included) is the score."""
         if not requests:
             return []
         config = self.config
@@ -170,26 +200,32 @@ class Level:
             max_tokens=min(config.max_tokens, 16),
         )
         started = time.perf_counter()
-        votes = self.backend.generate([classification_prompt(r) for r in requests], params)
+        votes = self.backend.generate([prompt(r) for r in requests], params)
         generation_s = (time.perf_counter() - started) / len(requests)
         return [
-            self._vote(request, request_votes, generation_s)
+            self._vote(request, [parse(request, v.text) for v in request_votes],
+                       request_votes, generation_s)
             for request, request_votes in zip(requests, votes, strict=True)
-        ]
+        ]  # fmt: skip
+
+    # -- generate and test -------------------------------------------------------------
 
     def _run(
-        self, request: CodeRequest, exemplars: Sequence[tuple[str, str]], shape: Shape
+        self,
+        request: CodeRequest,
+        exemplars: Sequence[tuple[str, str]],
+        shape: Shape,
+        kind: TestedKind,
     ) -> _Run:
-        """Generate k solutions and t test generations of at most L asserts, and
-        run every solution against the pooled tests."""
-        generated = self._generate([request], [exemplars], shape)[0]
-        return self._check(request, *generated, shape[2])
+        generated = self._generate([request], [exemplars], shape, kind)[0]
+        return self._check(request, *generated, shape[2], kind)
 
     def _generate(
         self,
         requests: Sequence[CodeRequest],
         exemplars: Sequence[Sequence[tuple[str, str]]],
         shape: Shape,
+        kind: TestedKind,
     ) -> list[tuple[list[Completion], list[Completion], float]]:
         """Per request: its k solutions, its t test generations, and its share
         of the generation time (the calls are shared by the batch)."""
@@ -201,9 +237,9 @@ class Level:
             temperature=config.temperature,
             top_p=config.top_p,
             max_tokens=config.max_tokens,
-            stop=STOP,
+            stop=kind.stop,
         )
-        prompts = [solution_prompt(r, e) for r, e in zip(requests, exemplars, strict=True)]
+        prompts = [kind.solution_prompt(r, e) for r, e in zip(requests, exemplars, strict=True)]
         solutions = self.backend.generate(prompts, solution_params)
         test_completions: list[list[Completion]] = [[] for _ in requests]
         if t > 0:
@@ -212,10 +248,10 @@ class Level:
                 temperature=config.test_temperature,
                 top_p=config.top_p,
                 max_tokens=config.test_max_tokens,
-                stop=STOP,
+                stop=kind.test_stop,
                 seed=1_000,
             )
-            test_prompts = [tests_prompt(r, lines) for r in requests]
+            test_prompts = [kind.tests_prompt(r, lines) for r in requests]
             test_completions = self.backend.generate(test_prompts, test_params)
         generation_s = (time.perf_counter() - started) / len(requests)
         return [(solutions[i], test_completions[i], generation_s) for i in range(len(requests))]
@@ -227,13 +263,14 @@ class Level:
         test_completions: list[Completion],
         generation_s: float,
         lines: int,
+        kind: TestedKind,
     ) -> _Run:
-        """Extract programs and asserts, and run every program against the pool."""
-        generated = [extract_asserts(c.text, request.entry_point, lines) for c in test_completions]
-        tests = pool_tests([list(request.visible_tests), *generated])
-        programs = [extract_program(c.text, request.prompt, request.entry_point) for c in solutions]
+        """Extract programs and tests, and run every program against the pool."""
+        generated = [kind.extract_tests(request, c.text, lines) for c in test_completions]
+        tests = _pool([kind.visible_tests(request), *generated], kind.test_key)
+        programs = [kind.extract_program(request, c.text) for c in solutions]
         sandbox_started = time.perf_counter()
-        passed, results = run_candidates(self.sandbox, programs, tests)
+        passed, results = kind.run(self.sandbox, request, programs, tests)
         return _Run(
             solutions=solutions,
             test_completions=test_completions,
@@ -247,17 +284,22 @@ class Level:
         )
 
     def _outcome(
-        self, request: CodeRequest, run: _Run, shape: Shape, threshold: float
+        self,
+        request: CodeRequest,
+        run: _Run,
+        shape: Shape,
+        threshold: float,
+        kind: TestedKind,
     ) -> LevelOutcome:
         """Score the first k solutions on the visible tests plus the first L
-        asserts of the first t test generations."""
+        tests of the first t test generations."""
         config = self.config
         k, t, lines = shape
         generated = [g[:lines] for g in run.generated[:t]]
-        tests = pool_tests([list(request.visible_tests), *generated])
-        n_generated = len(pool_tests(generated))
-        column = {normalize_assert(test): j for j, test in enumerate(run.tests)}
-        columns = [column[normalize_assert(test)] for test in tests]
+        tests = _pool([kind.visible_tests(request), *generated], kind.test_key)
+        n_generated = len(_pool(generated, kind.test_key))
+        column = {kind.test_key(test): j for j, test in enumerate(run.tests)}
+        columns = [column[kind.test_key(test)] for test in tests]
         programs = run.programs[:k]
         passed = [[row[j] for j in columns] for row in run.passed[:k]]
 
@@ -304,17 +346,15 @@ class Level:
         )
         return LevelOutcome(attempt=attempt, code=code, tests=tests)
 
-    def classify(self, request: CodeRequest) -> LevelOutcome:
-        """A classification request: k votes; the majority label's share of all
-        k votes (unparseable ones included) is the acceptance score."""
-        return self.classify_many([request])[0]
-
     def _vote(
-        self, request: CodeRequest, votes: list[Completion], generation_s: float
+        self,
+        request: CodeRequest,
+        parsed: list[str | None],
+        votes: list[Completion],
+        generation_s: float,
     ) -> LevelOutcome:
         config = self.config
         labels = request.label_set or []
-        parsed = [parse_label(v.text, labels) for v in votes]
         counts = {label: parsed.count(label) for label in labels}
         label = max(labels, key=lambda name: (counts[name], -labels.index(name)))
         if counts[label] == 0:

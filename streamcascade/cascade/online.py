@@ -7,22 +7,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 from streamcascade.backends import BackendError
 from streamcascade.cascade.answer import RequestFailed, build_answer
+from streamcascade.cascade.labeler import Labeler, LabelSource
 from streamcascade.cascade.level import Level, LevelOutcome
-from streamcascade.evaluation import grade_many
 from streamcascade.learning.budget import Arm, Shape
-from streamcascade.learning.imitation import agreement, probe_calls
 from streamcascade.learning.learner import CascadeLearner
-from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
-from streamcascade.selfcheck import pool_tests
+
+__all__ = ["LabelSource", "Labeler", "OnlineCascadeEngine"]
 
 log = logging.getLogger(__name__)
-
-LabelSource = Literal["auto", "imitation", "reference"]
 
 
 def _decision_score(outcome: LevelOutcome) -> float:
@@ -30,77 +26,6 @@ def _decision_score(outcome: LevelOutcome) -> float:
     to answer with (no program, or no parsable label), so no policy accepts it."""
     no_answer = outcome.attempt.best_solution_index is None
     return -1.0 if no_answer else outcome.attempt.score
-
-
-class Labeler:
-    """Says whether a level's code was right: by the request's reference tests,
-    or by agreeing with a higher level's answer on probe inputs (imitation).
-    Results are cached by code, since a replayed stream repeats them."""
-
-    def __init__(self, sandbox: Sandbox, source: LabelSource, max_probes: int = 16) -> None:
-        self.sandbox = sandbox
-        self.source = source
-        self.max_probes = max_probes
-        self._reference: dict[tuple[str, str], bool | None] = {}
-        self._imitation: dict[tuple[str, str, str], bool | None] = {}
-        self.seconds = 0.0
-
-    def share_cache(self, other: Labeler) -> None:
-        """Use `other`'s caches of verdicts (the same sandbox and probes)."""
-        self._reference = other._reference
-        self._imitation = other._imitation
-
-    def uses_reference(self, request: CodeRequest) -> bool:
-        has = request.reference_tests is not None or request.reference_label is not None
-        return self.source == "reference" or (self.source == "auto" and has)
-
-    def reference(self, request: CodeRequest, code: str) -> bool | None:
-        key = (request.id, code)
-        if key not in self._reference:
-            started = time.perf_counter()
-            self._reference[key] = grade_many(self.sandbox, [(request, code)])[0]
-            self.seconds += time.perf_counter() - started
-        return self._reference[key]
-
-    def imitation(
-        self, request: CodeRequest, code: str, higher_code: str, tests: Sequence[str]
-    ) -> bool | None:
-        key = (request.id, code, higher_code)
-        if key not in self._imitation:
-            started = time.perf_counter()
-            calls = probe_calls(
-                [*request.visible_tests, *tests], request.entry_point, self.max_probes
-            )
-            self._imitation[key] = agreement(self.sandbox, higher_code, code, calls)
-            self.seconds += time.perf_counter() - started
-        return self._imitation[key]
-
-    def labels(
-        self, request: CodeRequest, outcomes: dict[int, LevelOutcome], highest: int
-    ) -> dict[int, bool | None]:
-        """A label per level that ran: the highest one's only from reference tests.
-        Imitation needs a tested teacher: a higher answer that fails any of its
-        pooled tests labels nothing."""
-        if self.uses_reference(request):
-            return {p: self.reference(request, o.code) for p, o in outcomes.items()}
-        return {
-            p: self.label_code(request, o.code, outcomes, highest)
-            for p, o in outcomes.items()
-            if p != highest
-        }
-
-    def label_code(
-        self, request: CodeRequest, code: str, outcomes: dict[int, LevelOutcome], highest: int
-    ) -> bool | None:
-        """Whether `code` is right, by reference tests or by the highest level's answer."""
-        if self.uses_reference(request):
-            return self.reference(request, code)
-        higher = outcomes[highest]
-        if higher.attempt.n_tests > 0 and higher.attempt.score < 1.0:
-            # The higher answer fails tests of its own: it is no teacher.
-            return None
-        tests = pool_tests([o.tests for o in outcomes.values()])
-        return self.imitation(request, code, higher.code, tests)
 
 
 class OnlineCascadeEngine:

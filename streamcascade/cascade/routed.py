@@ -26,6 +26,7 @@ from streamcascade.learning.routing import (
     RouteState,
 )
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, LevelFailure
+from streamcascade.tasks import check_request
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,6 @@ class RoutedCascadeEngine:
             return 0.0, [0.0] * len(self.levels)
         return self.learner.mu, self.learner.expected_costs()
 
-    def _run(self, position: int, request: CodeRequest) -> LevelOutcome:
-        level = self.levels[position]
-        return level.classify(request) if request.is_classification else level.attempt(request)
-
     def _agreements(
         self, request: CodeRequest, outcomes: dict[int, LevelOutcome], position: int
     ) -> dict[int, bool | None]:
@@ -135,14 +132,8 @@ class RoutedCascadeEngine:
         for other, outcome in outcomes.items():
             if other == position:
                 continue
-            if request.is_classification:
-                labelled = new.label is not None and outcome.label is not None
-                same = new.label == outcome.label if labelled else None
-            else:
-                low, high = (outcome, new) if other < position else (new, outcome)
-                tests = [*low.tests, *high.tests]
-                same = self.labeler.imitation(request, low.code, high.code, tests)
-            result[other] = same
+            low, high = (outcome, new) if other < position else (new, outcome)
+            result[other] = self.labeler.agree(request, low, high)
         return result
 
     def _labels(
@@ -152,19 +143,10 @@ class RoutedCascadeEngine:
         (and the labeler uses them); else the top level's answer labels the
         others, if the top ran and passed its own tests."""
         assert self.labeler is not None
-        if request.is_classification:
-            teacher = request.reference_label if self.labeler.uses_reference(request) else None
-            if teacher is None and self.top in outcomes:
-                teacher = outcomes[self.top].label
-            if teacher is None:
-                return {}
-            return {
-                p: o.label == teacher
-                for p, o in outcomes.items()
-                if o.label is not None and (p != self.top or teacher == request.reference_label)
-            }
         if self.labeler.uses_reference(request):
-            return {p: self.labeler.reference(request, o.code) for p, o in outcomes.items()}
+            return {
+                p: self.labeler.reference(request, o.code, o.label) for p, o in outcomes.items()
+            }
         if self.top not in outcomes:
             return {}
         return self.labeler.labels(request, outcomes, self.top)
@@ -210,7 +192,12 @@ class RoutedCascadeEngine:
         state = self.learner.begin(request) if self.learner is not None else RouteState({})
         started = time.perf_counter()
         deadline = time.monotonic() + self.deadline_s if self.deadline_s is not None else None
-        return _Flight(request, state, started, deadline)
+        flight = _Flight(request, state, started, deadline)
+        try:
+            check_request(request)  # what its kind asks of it, before any model runs
+        except ValueError as error:
+            flight.error = error
+        return flight
 
     def _next(self, flight: _Flight, mu: float, costs: list[float]) -> int | None:
         if flight.error is not None or flight.policy_stopped:
@@ -245,20 +232,16 @@ class RoutedCascadeEngine:
 
     def _step(self, position: int, group: list[_Flight]) -> None:
         """Run one level on every request placed there (one backend call per
-        kind of request), and record what came of it in each request's state."""
-        level = self._level(position)
-        for is_classification in (False, True):
-            chosen = [f for f in group if f.request.is_classification == is_classification]
-            if chosen:
-                self._run_group(position, level, chosen)
+        kind of request and purpose), and record what came of it in each
+        request's state."""
+        self._run_group(position, self._level(position), group)
 
     def _run_group(self, position: int, level: Level, group: list[_Flight]) -> None:
         requests = [flight.request for flight in group]
         deadlines = [f.deadline for f in group if f.deadline is not None]
-        run = level.classify_many if group[0].request.is_classification else level.attempt_many
         try:
             with generation_deadline(min(deadlines) if deadlines else None):
-                outcomes = run(requests)
+                outcomes = level.step(requests)
         except BackendError as error:
             for flight in group:
                 self._failed(flight, position, level, str(error))

@@ -193,9 +193,7 @@ class Sandbox:
                 result.test_status[i] = "passed" if same else "failed: wrong output"
         return result
 
-    def run_program_many(
-        self, jobs: Sequence[tuple[str, Sequence[str]]]
-    ) -> list[ExecutionResult]:
+    def run_program_many(self, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[ExecutionResult]:
         """`run_program` for (program, inputs) pairs on all worker slots; in order."""
         futures = [self._pool.submit(self.run_program, p, inputs) for p, inputs in jobs]
         return [future.result() for future in futures]

@@ -9,6 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from streamcascade.schemas import CodeRequest, Feedback
+from streamcascade.tasks import check_request, installed_task_kinds
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,11 +47,22 @@ def _parse(raw: bytes | None, model: type[M], max_bytes: int) -> M | Rejected:
         language = str(data.get("language"))[:100]
         return Rejected(f"unsupported language {language!r} (supported: python)", "Unsupported")
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as error:
         return Rejected(_validation_reason(error), "WrongSchema")
     except (RecursionError, ValueError, TypeError) as error:
         return Rejected(f"invalid: {error}"[:2000], "WrongSchema")
+    if isinstance(parsed, CodeRequest):
+        # What the request's kind asks of it (an entry point, label_set, ...).
+        if parsed.kind not in installed_task_kinds():
+            known = ", ".join(installed_task_kinds())
+            return Rejected(f"unknown task kind {parsed.kind!r} (installed: {known})",
+                            "Unsupported")  # fmt: skip
+        try:
+            check_request(parsed)
+        except ValueError as error:
+            return Rejected(str(error)[:2000], "WrongSchema")
+    return parsed
 
 
 def parse_request(raw: bytes | None, max_bytes: int) -> CodeRequest | Rejected:
