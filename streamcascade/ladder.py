@@ -15,6 +15,7 @@ the run.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.config import AppConfig, LevelConfig, SandboxConfig
-from streamcascade.schemas import CodeRequest, DeadLetter
+from streamcascade.schemas import CodeRequest, DeadLetter, IOExample
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _INLINE = re.compile(r"^\s*([^=,\s]+)\s*=\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -141,11 +142,60 @@ def problems_file(directory: Path, spec: LadderSpec) -> Path:
     return default if default.is_file() else directory / spec.models[-1].filename
 
 
+def _io_examples(value: Any, field: str) -> list[IOExample]:
+    """APPS's `{input, output}` pairs (a list, or a Python-literal string of one)
+    as stdin/stdout examples: the output list's items are the printed lines."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"{field} is not a list of input/output pairs") from None
+    if not isinstance(value, list):
+        raise ValueError(f"{field} is not a list of input/output pairs")
+    examples = []
+    for pair in value:
+        if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
+            raise ValueError(f"{field} holds an item without input and output")
+        output = pair["output"]
+        printed = "\n".join(str(x) for x in output) if isinstance(output, list) else str(output)
+        examples.append(IOExample(input=str(pair["input"]), output=printed))
+    return examples
+
+
+def apps_request(row: dict[str, Any]) -> CodeRequest:
+    """An APPS row (`description`, `sample_io`, `test_list`, `starter_code`) as a
+    `program` request. Call-based problems too: their recordings, like the
+    evaluation they were made for, read the arguments from stdin, one per line,
+    and print the result, so the starter code is shown and the I/O is the same."""
+    task = row.get("task_id") or row.get("id")
+    if task is None:
+        raise ValueError("row lacks task_id (or id)")
+    prompt = str(row["description"])
+    starter = str(row.get("starter_code") or "")
+    if starter.strip():
+        prompt += (
+            f"\n\nStarter code:\n{starter.strip()}\n\nRead the arguments from standard "
+            "input, one per line, and print the result."
+        )
+    return CodeRequest(
+        id=str(task),
+        kind="program",
+        prompt=prompt,
+        examples=_io_examples(row.get("sample_io") or [], "sample_io"),
+        reference_examples=_io_examples(row["test_list"], "test_list"),
+        starter_code=starter,
+        metadata={"difficulty": row["difficulty"]} if "difficulty" in row else {},
+    )
+
+
 def request_from_row(row: Any) -> CodeRequest:
     """A ladder row as a request: its given tests are the visible ones, its
-    `test` the hidden ones. Raises ValueError (or ValidationError) on a bad row."""
+    `test` the hidden ones; an APPS row (with `description` and `test_list`) is
+    a program request. Raises ValueError (or ValidationError) on a bad row."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
+    if "description" in row and "test_list" in row:
+        return apps_request(row)
     missing = [key for key in ("task_id", "prompt", "entry_point") if key not in row]
     if missing:
         raise ValueError(f"row lacks {', '.join(missing)}")

@@ -115,3 +115,53 @@ def test_reference_tests_that_call_check_themselves_run_once(
         [(request, "def inc(x):\n    return x + 1\n"), (request, "def inc(x):\n    return x\n")],
     )
     assert right is True and wrong is False
+
+
+def _apps_row(task: str, model_code: str | None = None, starter: str = "") -> dict:
+    row: dict = {
+        "id": task,
+        "description": "Print the sum of the two integers on the input.",
+        "difficulty": "introductory",
+        "sample_io": [{"input": "1 2\n", "output": ["3\n"]}],
+        "test_list": "[{'input': '5 5\\n', 'output': ['10\\n']}, {'input': '0 -1', 'output': [-1]}]",
+        "starter_code": starter,
+    }
+    if model_code is not None:
+        row.update({"task_id": task, "source_codes": repr([model_code]),
+                    "prompt_tokens": "[100]", "completion_tokens": "[20]"})  # fmt: skip
+    return row
+
+
+def test_an_apps_ladder_replays_programs_with_their_recorded_tokens(tmp_path: Path) -> None:
+    right = "a, b = map(int, input().split())\nprint(a + b)\n"
+    wrong = "print(0)\n"
+    (tmp_path / "problems.jsonl").write_text(
+        "\n".join(json.dumps(_apps_row(t)) for t in ("a1", "a2"))
+        + "\n" + json.dumps({"id": "a3", "description": "x", "test_list": "not a list"}) + "\n"
+    )  # fmt: skip
+    (tmp_path / "small.jsonl").write_text(
+        json.dumps(_apps_row("a1", wrong)) + "\n" + json.dumps(_apps_row("a2", right)) + "\n"
+    )
+    (tmp_path / "big.jsonl").write_text(
+        json.dumps(_apps_row("a1", right)) + "\n" + json.dumps(_apps_row("a2", right)) + "\n"
+    )
+    spec = parse_ladder_spec("small=1/2,big=10/30")
+    requests, dead = recorded_requests(tmp_path, spec)
+    assert [r.id for r in requests] == ["a1", "a2"] and all(r.kind == "program" for r in requests)
+    assert (
+        requests[0].examples[0].output == "3\n" and requests[0].reference_examples[1].output == "-1"
+    )
+    assert [d.source for d in dead] == ["problems.jsonl:3"] and "test_list" in dead[0].reason
+    backend = LadderReplayBackend(tmp_path / "small.jsonl")
+    [[completion]] = backend.generate([Prompt("a1", "solutions", ())], GenerationParams())
+    assert completion.text == wrong and (completion.tokens_in, completion.tokens_out) == (100, 20)
+    from streamcascade.cascade import CascadeEngine
+    from streamcascade.tasks import grade_all
+
+    with Sandbox(ladder_config(tmp_path, spec).sandbox) as box:
+        engine = CascadeEngine.from_config(ladder_config(tmp_path, spec), box)
+        answers = [engine.process_one(r) for r in requests]
+        assert [a.level for a in answers] == [2, 1]  # a1's small answer fails its example
+        assert grade_all(box, [(r, a.code) for r, a in zip(requests, answers, strict=True)]) == [
+            True, True
+        ]  # fmt: skip

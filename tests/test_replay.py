@@ -156,3 +156,25 @@ def test_bench_budget_chooses_arms_on_the_front_and_writes_its_plot(
     assert service["n_validation"] == 3
     for row in service["rows"]:
         assert row["front"] and 0 < row["whole_stream"]["cost_pct"] <= 100
+
+
+@pytest.mark.slow
+def test_the_apps_ladder_replays_to_the_reference_figures(shared_data: Path) -> None:
+    """40 APPS problems (stdin/stdout and call-based, all run as programs, as
+    recorded): re-executed elsewhere, chatgpt 22.5 %, gpt-4-turbo 27.5 %, the
+    cascade accepting on the visible examples 32.5 %."""
+    directory = shared_data / "apps-ladder-dev"
+    spec = parse_ladder_spec(str(CONFIGS / "apps.yaml"))
+    config = ladder_config(directory, spec)
+    requests, dead = recorded_requests(directory, spec)
+    assert len(requests) == 40 and not dead
+    assert {r.kind for r in requests} == {"program"}
+    with Sandbox(config.sandbox) as box, Sandbox(SandboxConfig(per_test_timeout_s=10)) as grader:
+        report = run_bench(config, requests, box, grader)
+    by_name = {s.name: s.pass_at_1 for s in report.summaries}
+    assert by_name["chatgpt alone"] == pytest.approx(0.225)
+    assert by_name["gpt-4-turbo alone"] == pytest.approx(0.275)
+    cascade = report.summaries[-1]
+    assert cascade.pass_at_1 == pytest.approx(0.325)
+    # Three problems have no visible example: they go up (the reference accepted them).
+    assert 0.70 < cascade.cost_usd / report.reference_cost_usd < 0.76

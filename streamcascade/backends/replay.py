@@ -14,6 +14,7 @@ the API calls that produced the recordings.
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from abc import ABC, abstractmethod
@@ -88,19 +89,28 @@ class _ReplayBase(ABC):
     def _recorded(self, prompt: Prompt) -> list[str]:
         """The recorded completions for this prompt's task and purpose."""
 
+    def _recorded_usage(self, prompt: Prompt) -> tuple[int, int] | None:
+        """The (prompt, completion) tokens the recording itself reports, if any."""
+        return None
+
     def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         results: list[list[Completion]] = []
         for prompt in prompts:
             started = time.perf_counter()
             texts = self._recorded(prompt)[: params.n]
-            prompt_tokens = self._tokens.count("\n".join(m.content for m in prompt.messages))
+            usage = self._recorded_usage(prompt)
+            prompt_tokens = (
+                usage[0]
+                if usage is not None
+                else self._tokens.count("\n".join(m.content for m in prompt.messages))
+            )
             seconds = time.perf_counter() - started
             results.append(
                 [
                     Completion(
                         text=text,
                         tokens_in=prompt_tokens if i == 0 else 0,
-                        tokens_out=self._tokens.count(text),
+                        tokens_out=usage[1] if usage is not None else self._tokens.count(text),
                         seconds=seconds if i == 0 else 0.0,
                     )
                     for i, text in enumerate(texts)
@@ -109,12 +119,48 @@ class _ReplayBase(ABC):
         return results
 
 
+def _literal_list(value: Any) -> list[Any] | None:
+    """A list, or a Python-literal string of one (as APPS recordings hold them)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return value if isinstance(value, list) else None
+
+
+def _row_solution(row: dict[str, Any]) -> str | None:
+    """`solution` (a whole program), or the first of `source_codes` (APPS)."""
+    if isinstance(row.get("solution"), str):
+        return str(row["solution"])
+    codes = _literal_list(row.get("source_codes"))
+    if codes and isinstance(codes[0], str):
+        return codes[0]
+    return None
+
+
+def _row_usage(row: dict[str, Any]) -> tuple[int, int] | None:
+    """The recording's own token counts (`prompt_tokens`, `completion_tokens`:
+    numbers or lists of them, one per try), where it has them."""
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = row.get(key)
+        listed = _literal_list(value) if not isinstance(value, int) else [value]
+        if not listed or not all(isinstance(x, int) for x in listed):
+            return None
+        counts.append(sum(listed))
+    return counts[0], counts[1]
+
+
 class LadderReplayBackend(_ReplayBase):
-    """One recorded program per task; asked for tests, it has none to give."""
+    """One recorded program per task; asked for tests, it has none to give.
+    Rows hold `solution` (the ladder format) or `source_codes` (APPS); a row that
+    reports its own `prompt_tokens` and `completion_tokens` is charged those."""
 
     def __init__(self, path: Path, name: str | None = None) -> None:
         super().__init__(name or path.stem)
         self._solutions: dict[str, str] = {}
+        self._usage: dict[str, tuple[int, int]] = {}
         # A malformed row costs its task only: asked for it, the backend says why.
         self.malformed: dict[str, str] = {}
         with path.open(encoding="utf-8") as handle:
@@ -126,13 +172,19 @@ class LadderReplayBackend(_ReplayBase):
                 except json.JSONDecodeError as error:
                     self.malformed[f"line {number}"] = f"{path.name}:{number} is not JSON: {error}"
                     continue
-                task = row.get("task_id") if isinstance(row, dict) else None
+                task = (row.get("task_id") or row.get("id")) if isinstance(row, dict) else None
+                solution = _row_solution(row) if task is not None else None
                 if task is None:
                     self.malformed[f"line {number}"] = f"{path.name}:{number} has no task_id"
-                elif not isinstance(row.get("solution"), str):
-                    self.malformed[str(task)] = f"{path.name}:{number} has no solution string"
+                elif solution is None:
+                    self.malformed[str(task)] = (
+                        f"{path.name}:{number} has no solution string (nor source_codes)"
+                    )
                 else:
-                    self._solutions[str(task)] = row["solution"]
+                    self._solutions[str(task)] = solution
+                    usage = _row_usage(row)
+                    if usage is not None:
+                        self._usage[str(task)] = usage
 
     def has(self, task_id: str) -> bool:
         return task_id in self._solutions
@@ -149,6 +201,9 @@ class LadderReplayBackend(_ReplayBase):
             )
         # Recordings hold programs only: tests and classifications have none to give.
         return [self._solutions[prompt.request_id]] if prompt.purpose == "solutions" else []
+
+    def _recorded_usage(self, prompt: Prompt) -> tuple[int, int] | None:
+        return self._usage.get(prompt.request_id) if prompt.purpose == "solutions" else None
 
 
 class CodeTReplayBackend(_ReplayBase):
