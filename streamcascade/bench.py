@@ -35,6 +35,13 @@ class CachingLevel(Level):
     def __init__(self, inner: Level) -> None:
         super().__init__(inner.index, inner.config, inner.backend, inner.sandbox)
         self._cache: dict[tuple[str, tuple[tuple[str, str], ...], Arm | None], LevelOutcome] = {}
+        self._steps: dict[str, LevelOutcome] = {}
+
+    def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        missing = [r for r in requests if r.id not in self._steps]
+        if missing:
+            self._steps.update(zip((r.id for r in missing), super().step(missing), strict=True))
+        return [self._steps[r.id] for r in requests]
 
     def attempt(
         self,
@@ -42,6 +49,8 @@ class CachingLevel(Level):
         exemplars: Sequence[tuple[str, str]] = (),
         arm: Arm | None = None,
     ) -> LevelOutcome:
+        if not exemplars and arm is None:
+            return self.step([request])[0]  # the same attempt: one cache
         key = (request.id, tuple(exemplars), arm)
         if key not in self._cache:
             self._cache[key] = super().attempt(request, exemplars, arm)

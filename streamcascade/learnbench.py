@@ -116,7 +116,7 @@ class LadderWorld:
         self.passes: list[dict[str, bool]] = []
         """Whether each level's answer passes its own tests (what a fixed rule sees)."""
         for level in self.levels:
-            outcomes = {r.id: level.attempt(r) for r in wrap(self.requests, level.name)}
+            outcomes = {r.id: level.step([r])[0] for r in wrap(self.requests, level.name)}
             graded = grade_all(grader, [(r, outcomes[r.id].code) for r in self.requests])
             self.correct.append({r.id: bool(g) for r, g in zip(self.requests, graded, strict=True)})
             self.cost.append({r.id: outcomes[r.id].attempt.cost_usd for r in self.requests})

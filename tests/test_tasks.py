@@ -171,3 +171,14 @@ def test_bad_requests_of_each_kind_are_dead_letters_with_reasons(
 @pytest.mark.parametrize("kind", ["function", "io_function", "program", "label"])
 def test_every_builtin_kind_is_an_entry_point(kind: str) -> None:
     assert task_kind(kind).name == kind
+
+
+def test_the_shipped_program_problems_are_valid_requests() -> None:
+    from streamcascade.tasks import check_request
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "programs.jsonl"
+    requests = [CodeRequest.model_validate_json(line) for line in path.read_text().splitlines()]
+    assert len(requests) == 20 and len({r.id for r in requests}) == 20
+    for request in requests:
+        check_request(request)
+        assert request.kind == "program" and request.examples and request.reference_examples

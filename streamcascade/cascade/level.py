@@ -113,7 +113,11 @@ class Level:
         arm: Arm | None = None,
     ) -> LevelOutcome:
         """`exemplars`: worked (prompt, code) examples for the solution prompt.
-        `arm`: this request's (k, t, L, threshold), instead of the configured ones."""
+        `arm`: this request's (k, t, L, threshold), instead of the configured ones.
+        Both apply to function requests (the exemplar memory and the budget arms
+        are built for them); without them, any kind's step."""
+        if not exemplars and arm is None:
+            return self.step([request])[0]
         config = self.config
         shape = (
             (arm.k_solutions, arm.t_test_generations, arm.max_test_lines)
