@@ -182,3 +182,78 @@ def test_the_shipped_program_problems_are_valid_requests() -> None:
     for request in requests:
         check_request(request)
         assert request.kind == "program" and request.examples and request.reference_examples
+
+
+@pytest.mark.slow
+def test_program_requests_through_run_and_the_kafka_service(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Recorded programs (the ladder format's APPS rows) answer program requests
+    through `run` and through `serve` on a real broker; a bad one is a dead letter."""
+    import threading
+    import time
+
+    import yaml
+
+    from streamcascade.cascade.build import build_engine
+    from streamcascade.cli import main
+    from streamcascade.config import AppConfig
+    from streamcascade.service.broker import LocalKafka
+    from streamcascade.service.tools import feed, follow
+    from streamcascade.service.worker import CascadeService, ensure_topics
+
+    solutions = {"p1": SUM.strip("`").removeprefix("python\n"), "p2": "print(0)\n"}
+    for name, rows in (("small", solutions), ("big", {k: solutions["p1"] for k in solutions})):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"task_id": k, "solution": v}) + "\n" for k, v in rows.items())
+        )
+    levels = [
+        {"name": n, "backend": {"kind": "replay", "format": "ladder",
+                                "path": str(tmp_path / f"{n}.jsonl")},
+         "t_test_generations": 0, "threshold": 1.0 if n == "small" else 0.0}
+        for n in ("small", "big")
+    ]  # fmt: skip
+    requests = [PROGRAM.model_copy(update={"id": i}) for i in ("p1", "p2")]
+    lines = [r.model_dump_json() for r in requests] + [
+        json.dumps(
+            {"id": "p3", "kind": "program", "prompt": "x", "examples": [{"input": 1, "output": 2}]}
+        )
+    ]
+    inputs = tmp_path / "requests.jsonl"
+    inputs.write_text("\n".join(lines) + "\n")
+    config_path = tmp_path / "cascade.yaml"
+    config_path.write_text(yaml.safe_dump({"levels": levels}))
+    out, dead = tmp_path / "answers.jsonl", tmp_path / "dead.jsonl"
+    main(["run", "--config", str(config_path), "--input", str(inputs), "--out", str(out),
+          "--dead-letters", str(dead), "--no-progress"])  # fmt: skip
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(a["id"], a["level"], a["kind"]) for a in answers] == [
+        ("p1", 1, "program"), ("p2", 2, "program")
+    ]  # fmt: skip
+    assert answers[0]["metadata"] == {"ticket": "T-1"}
+    [letter] = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert "stdin text" in letter["reason"]
+
+    with LocalKafka(tmp_path / "kafka", partitions=1) as broker:
+        kafka = {"bootstrap_servers": [broker.bootstrap_servers], "instance_id": "t0",
+                 "partitions": 1}  # fmt: skip
+        config = AppConfig.model_validate({"levels": levels, "kafka": kafka})
+        ensure_topics(config.kafka)
+        feed(config.kafka, [line.encode() for line in lines])
+        service = CascadeService(config.kafka, build_engine(config, sandbox).engine)
+        thread = threading.Thread(target=service.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 120
+            while service.stats.n_answers + service.stats.n_dead_letters < 3:
+                assert time.monotonic() < deadline, service.stats.line()
+                time.sleep(0.1)
+        finally:
+            service.stop()
+            thread.join(60)
+        topics = config.kafka.topics
+        served = [json.loads(r.value or b"") for r in follow(config.kafka, topics.answers,
+                                                             idle_timeout_s=3)]  # fmt: skip
+        assert sorted((a["id"], a["level"]) for a in served) == [("p1", 1), ("p2", 2)]
+        [record] = list(follow(config.kafka, topics.deadletter, idle_timeout_s=3))
+        assert "stdin text" in record.headers["reason"].decode()
