@@ -1,4 +1,8 @@
-"""`streamcascade run | bench | models`: the command line."""
+"""streamcascade: answer a stream of coding requests with a cascade of models.
+
+Commands: run (a stream through the cascade), serve (the Kafka service), bench
+and perf (benchmarks), feed and follow (topics), state (learner snapshots),
+faults (fault runs), kafka (a local broker), models (fetch the model files)."""
 
 from __future__ import annotations
 
@@ -130,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     answers_out.close()
     dead_out.close()
     levels = [i + 1 for i in range(len(config.levels))]
-    print(format_table([summary], levels, None), file=sys.stderr)
+    if summary.n_requests:
+        print(format_table([summary], levels, None), file=sys.stderr)
     print(
         f"{summary.n_requests} answered, {summary.n_dead_letters} dead letters",
         file=sys.stderr,
@@ -493,18 +498,40 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamcascade", description=__doc__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("streamcascade")
+    except PackageNotFoundError:
+        installed = "unknown (not installed)"
+    parser = argparse.ArgumentParser(
+        prog="streamcascade",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"streamcascade {installed}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stream requests through the cascade, one JSON answer each")
     run.add_argument("--config", help="YAML config (default: the embedded configs/default.yaml)")
     run.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
-    run.add_argument("--limit", type=int, help="stop after N requests")
+    run.add_argument("--limit", type=_positive, help="stop after N requests")
     run.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive,
         default=8,
         help="requests answered together: each level step is one backend call for all of "
         "them (default 8; a learning cascade learns between batches)",
@@ -528,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="the cascade against each level alone")
     bench.add_argument("--config", help="YAML config (default: the embedded one)")
     bench.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
-    bench.add_argument("--limit", type=int, help="first N requests only")
+    bench.add_argument("--limit", type=_positive, help="first N requests only")
     bench.add_argument("--ladder", help="replay the recorded answers in this directory")
     bench.add_argument(
         "--models",
@@ -586,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed_parser = sub.add_parser("feed", help="send a JSONL file or bundled HumanEval to Kafka")
     kafka_arguments(feed_parser)
     feed_parser.add_argument("--input", help="a JSONL file; each line is sent as it is")
-    feed_parser.add_argument("--limit", type=int, help="first N records only")
+    feed_parser.add_argument("--limit", type=_positive, help="first N records only")
     feed_parser.add_argument("--topic", help="default: the requests topic")
     feed_parser.set_defaults(func=cmd_feed)
 

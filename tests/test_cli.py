@@ -143,3 +143,27 @@ def test_run_learns_saves_restores_and_rolls_back_learner_state(
     assert main(["state", "--state-dir", str(state_dir), "--rollback", "1"]) == 0
     assert main(["state", "--state-dir", str(state_dir)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].split("\t")[1] == "requests seen: 3"
+
+
+def test_version_help_and_bad_numbers(
+    replay_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0 and capsys.readouterr().out.startswith("streamcascade ")
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert helped.value.code == 0
+    assert all(name in text for name in ("serve", "faults", "kafka", "models", "follow"))
+    for flag in ("--limit", "--batch-size"):
+        with pytest.raises(SystemExit) as bad:
+            main(["run", "--config", str(replay_config), flag, "-1"])
+        assert bad.value.code == 2 and "must be at least 1, got -1" in capsys.readouterr().err
+    # An empty input says so, without a table of dashes.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["run", "--config", str(replay_config), "--input", str(empty),
+                 "--no-progress"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "0 answered, 0 dead letters" in err and "-----" not in err
