@@ -16,7 +16,7 @@ from streamcascade.config import LevelConfig
 from streamcascade.learning.budget import Arm, Shape
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
-from streamcascade.selfcheck import select
+from streamcascade.selfcheck import pool_tests, select
 from streamcascade.tasks import LevelOutcome, TestedKind, task_kind
 from streamcascade.tasks.function import KIND as FUNCTION
 
@@ -60,19 +60,6 @@ def _summary(result: ExecutionResult, columns: Sequence[int]) -> TestSummary:
         n_timed_out=sum(s == "timed out" for s in status),
         first_failure=failures[0][:300] if failures else None,
     )
-
-
-def _pool(groups: Sequence[Sequence[str]], key: Callable[[str], str]) -> list[str]:
-    """Concatenate test lists, dropping those equal by `key`, first seen first."""
-    seen: set[str] = set()
-    pooled: list[str] = []
-    for group in groups:
-        for test in group:
-            k = key(test)
-            if k not in seen:
-                seen.add(k)
-                pooled.append(test)
-    return pooled
 
 
 class Level:
@@ -271,7 +258,7 @@ class Level:
     ) -> _Run:
         """Extract programs and tests, and run every program against the pool."""
         generated = [kind.extract_tests(request, c.text, lines) for c in test_completions]
-        tests = _pool([kind.visible_tests(request), *generated], kind.test_key)
+        tests = pool_tests([kind.visible_tests(request), *generated], kind.test_key)
         programs = [kind.extract_program(request, c.text) for c in solutions]
         sandbox_started = time.perf_counter()
         passed, results = kind.run(self.sandbox, request, programs, tests)
@@ -300,8 +287,8 @@ class Level:
         config = self.config
         k, t, lines = shape
         generated = [g[:lines] for g in run.generated[:t]]
-        tests = _pool([kind.visible_tests(request), *generated], kind.test_key)
-        n_generated = len(_pool(generated, kind.test_key))
+        tests = pool_tests([kind.visible_tests(request), *generated], kind.test_key)
+        n_generated = len(pool_tests(generated, kind.test_key))
         column = {kind.test_key(test): j for j, test in enumerate(run.tests)}
         columns = [column[kind.test_key(test)] for test in tests]
         programs = run.programs[:k]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+from collections.abc import Callable, Sequence
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _BUILTIN_NAMES = frozenset(dir(builtins))
@@ -175,16 +176,20 @@ def normalize_assert(line: str) -> str:
         return " ".join(line.split())
 
 
-def pool_tests(groups: list[list[str]]) -> list[str]:
-    """Concatenate test lists, dropping duplicates, keeping first-seen order."""
+def pool_tests(
+    groups: Sequence[Sequence[str]], key: Callable[[str], str] | None = None
+) -> list[str]:
+    """Concatenate test lists, dropping tests equal by `key` (default: asserts
+    equal up to formatting), keeping first-seen order."""
+    same = key or normalize_assert
     seen: set[str] = set()
     pooled: list[str] = []
     for group in groups:
-        for line in group:
-            key = normalize_assert(line)
-            if key not in seen:
-                seen.add(key)
-                pooled.append(line)
+        for test in group:
+            k = same(test)
+            if k not in seen:
+                seen.add(k)
+                pooled.append(test)
     return pooled
 
 
