@@ -288,6 +288,10 @@ class SwitchLevel(Level):
         self.before, self.after = before, after
         self.switched = False
 
+    def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        # The routed engine calls `step`, the Hedge engine `attempt`: both switch.
+        return (self.after if self.switched else self.before).step(requests)
+
     def attempt(
         self,
         request: CodeRequest,

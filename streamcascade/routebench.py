@@ -7,6 +7,10 @@ The router then streams the tasks in several random orders, learning as it
 goes, with imitation labels only (the hidden tests grade, never teach), with
 reference labels, and with downstream Feedback for a share of the answers.
 
+The ceiling is the best any policy on the router's own signals (pass bits and
+agreement on probes) could do on the whole set with hindsight: what no
+estimator can beat, however well it learns.
+
 "Fixed policies" are every deterministic rule that picks the next level (or
 stops) from the pass/fail results seen so far and answers with the most
 capable passing answer: the fixed cascade is one of them. Regret is the
@@ -41,6 +45,9 @@ from streamcascade.learnbench import (
 from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.learning.routing import Observation, RouteState
 from streamcascade.schemas import CodeRequest, Feedback
+
+# Weights of a wrong answer, in top calls, at which the ceiling is reported.
+CEILING_CALLS = (1.0, 2.0, 3.3, 5.0, 10.0, 20.0)
 
 # A rule: (level to run, rule if it passes, rule if it fails), or None to stop.
 Rule = tuple[int, Any, Any] | None
@@ -269,6 +276,96 @@ def swapped_world(world: LadderWorld, swapped: int, replacement: int) -> LadderW
     return other
 
 
+@dataclass(frozen=True)
+class Signals:
+    """What the router can see of one task, for every level: whether its answer
+    passes its tests, whether each pair of answers behaves alike on probe
+    inputs, and (for grading only) whether each answer is right and its cost."""
+
+    passes: tuple[bool, ...]
+    agree: dict[tuple[int, int], bool | None]
+    right: tuple[bool, ...]
+    cost_usd: tuple[float, ...]
+
+
+def task_signals(world: LadderWorld, learning: LearningConfig) -> list[Signals]:
+    """Every level's pass bit and every pair's agreement, for every task (the
+    pairs the router never ran together too: the ceiling needs them all)."""
+    labeler = world.labeler(learning)
+    n = len(world.levels)
+    signals = []
+    for request in world.requests:
+        outcomes = [level.step([request])[0] for level in world.levels]
+        agree = {
+            (i, j): labeler.agree(request, outcomes[i], outcomes[j])
+            for i in range(n)
+            for j in range(i + 1, n)
+        }
+        signals.append(
+            Signals(
+                passes=tuple(world.passes[m][request.id] for m in range(n)),
+                agree=agree,
+                right=tuple(world.correct[m][request.id] for m in range(n)),
+                cost_usd=tuple(world.cost[m][request.id] for m in range(n)),
+            )
+        )
+    return signals
+
+
+def hindsight_best(
+    tasks: Sequence[Signals], mu: float, ran: frozenset[int] = frozenset()
+) -> tuple[float, int, float]:
+    """The least total loss (wrong + mu x cost) any policy can reach on `tasks`
+    that decides from what the router sees (pass bits of the levels run so
+    far, and whether their answers agree), choosing its steps and its answer
+    with hindsight: (loss, wrong answers, cost). Policies see information
+    cells, not tasks, so this is a ceiling for every router on these signals,
+    not the oracle. Exact, by recursion over the cells."""
+    n = len(tasks[0].passes)
+    best: tuple[float, int, float] | None = None
+    for j in ran:
+        wrong = sum(not t.right[j] for t in tasks)
+        if best is None or wrong < best[0]:
+            best = (float(wrong), wrong, 0.0)
+    if n - 1 in ran:
+        assert best is not None
+        return best
+    for m in range(n):
+        if m in ran:
+            continue
+        cells: dict[tuple[bool | None, ...], list[Signals]] = {}
+        for t in tasks:
+            seen = (t.passes[m], *(t.agree[(min(i, m), max(i, m))] for i in sorted(ran)))
+            cells.setdefault(seen, []).append(t)
+        cost = sum(t.cost_usd[m] for t in tasks)
+        loss, wrong_total, cost_total = mu * cost, 0, cost
+        for cell in cells.values():
+            cell_loss, cell_wrong, cell_cost = hindsight_best(cell, mu, ran | {m})
+            loss, wrong_total, cost_total = (
+                loss + cell_loss,
+                wrong_total + cell_wrong,
+                cost_total + cell_cost,
+            )
+        if best is None or loss < best[0]:
+            best = (loss, wrong_total, cost_total)
+    assert best is not None
+    return best
+
+
+def hindsight_front(
+    tasks: Sequence[Signals], top_cost_usd: float, top_calls: Sequence[float]
+) -> list[tuple[float, float, float]]:
+    """`hindsight_best` for each weight of a wrong answer (in top calls): the
+    (top calls, pass@1 %, cost % of the top alone) the ceiling reaches."""
+    n = len(tasks)
+    front = []
+    for calls in top_calls:
+        mu = n / (calls * top_cost_usd)
+        _, wrong, cost = hindsight_best(tasks, mu)
+        front.append((calls, 100 * (n - wrong) / n, 100 * cost / top_cost_usd))
+    return front
+
+
 def _rule_row(name: str, world: LadderWorld, rule: Rule) -> dict[str, Any]:
     result = StreamResult(name)
     for request in world.requests:
@@ -311,6 +408,12 @@ def route_learn(
     rows = [summarise([world.alone(p)], top_usd) for p in reversed(range(n_levels))]
     rows.append(summarise([world.fixed_cascade()], top_usd))
     rows.append(_rule_row("best pass/fail rule in hindsight", world, hindsight))
+    signals = task_signals(world, base)
+    ceiling = StreamResult("ceiling: best policy on the router's signals")
+    _, wrong, ceiling.cost_usd = hindsight_best(signals, mu)
+    ceiling.n, ceiling.n_passed = len(signals), len(signals) - wrong
+    rows.append(summarise([ceiling], top_usd))
+    ceiling_front = hindsight_front(signals, top_usd, CEILING_CALLS)
     rows.append(summarise([world.oracle()], top_usd))
     streams = orders(world.requests, n_orders)
     runs: dict[str, list[RouterRun]] = {}
@@ -389,6 +492,9 @@ def route_learn(
         f"(of {len(rules)} rules)",
         "Pareto front of the pass/fail rules on the whole set (pass@1 % at cost %): "
         + ", ".join(f"{p:.1f} at {c:.1f}" for p, c in front),
+        "Ceiling on the router's signals (pass/fail and agreement, hindsight; by the "
+        "weight of a wrong answer in top calls): "
+        + ", ".join(f"{k:g}: {p:.1f} at {c:.1f}" for k, p, c in ceiling_front),
         f"Drift: {world.levels[swapped].name} answers with {world.levels[replacement].name}'s "
         f"recordings for a second pass: pass@1 "
         f"{100 * statistics.mean(d['pass_before'] for d in drift_rows):.1f}% before, "
@@ -410,6 +516,7 @@ def route_learn(
         "regret_vs_best_rule_final": [c[-1] for c in regret_best],
         "n_rules": len(rules),
         "rule_front": front,
+        "ceiling_front": ceiling_front,
         "drift": drift_rows,
         "drift_recovery_requests": recoveries,
         "router_overhead": overhead,

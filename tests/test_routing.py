@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 from test_cascade import REQUEST, RIGHT, TESTS, WRONG, ScriptedBackend, _level
@@ -23,6 +24,7 @@ from streamcascade.learning.routing import (
     RouterSettings,
     RouteState,
 )
+from streamcascade.routebench import Signals
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest, Feedback
 
@@ -231,6 +233,57 @@ def test_pass_fail_rules_are_every_deterministic_policy() -> None:
     assert len(all_rules(3)) == 73
 
 
+def _rule_loss(rule: Any, task: Signals, mu: float) -> float:
+    """A pass/fail rule's loss on one task (the rule answers with its most
+    capable passing level, else its last)."""
+    node, cost, ran, passing = rule, 0.0, [], []
+    while node is not None:
+        m, if_pass, if_fail = node
+        cost += task.cost_usd[m]
+        ran.append(m)
+        passing += [m] if task.passes[m] else []
+        node = if_pass if task.passes[m] else if_fail
+    answer = max(passing) if passing else max(ran)
+    return float(not task.right[answer]) + mu * cost
+
+
+def test_the_ceiling_is_exact_where_it_can_be_worked_out_by_hand() -> None:
+    from streamcascade.routebench import hindsight_best
+
+    # Level 0 is right exactly when it passes; the top is always right.
+    tasks = [
+        Signals((passes, True), {(0, 1): passes}, (passes, True), (1.0, 10.0))
+        for passes in (True, False, True, False)
+    ]
+    # Cheap enough: run level 0, go up when it fails. 0 wrong, cost 4 + 2 x 10.
+    assert hindsight_best(tasks, mu=0.01) == pytest.approx((0.24, 0, 24.0))
+    # Too dear to go up: level 0 alone, 2 wrong.
+    assert hindsight_best(tasks, mu=1.0) == pytest.approx((6.0, 2, 4.0))
+
+
+def test_the_ceiling_is_at_least_as_good_as_every_pass_fail_rule() -> None:
+    from streamcascade.routebench import all_rules, hindsight_best
+
+    rng = random.Random(3)
+    for n_levels in (2, 3):
+        tasks = []
+        for _ in range(40):
+            right = tuple(rng.random() < 0.5 + 0.1 * m for m in range(n_levels))
+            passes = tuple(r if rng.random() < 0.8 else not r for r in right)
+            agree: dict[tuple[int, int], bool | None] = {
+                (i, j): rng.random() < 0.5 for i in range(n_levels) for j in range(i + 1, n_levels)
+            }
+            cost = tuple(rng.uniform(0.5, 1.5) * 3**m for m in range(n_levels))
+            tasks.append(Signals(passes, agree, right, cost))
+        for mu in (0.01, 0.1, 1.0):
+            best_rule = min(
+                sum(_rule_loss(rule, t, mu) for t in tasks) for rule in all_rules(n_levels)
+            )
+            ceiling, wrong, cost_usd = hindsight_best(tasks, mu)
+            assert ceiling <= best_rule + 1e-9
+            assert ceiling == pytest.approx(wrong + mu * cost_usd)
+
+
 def test_recovery_counts_requests_until_the_loss_stays_within_five_percent() -> None:
     from streamcascade.routebench import recovery_requests
 
@@ -252,3 +305,14 @@ def test_a_snapshot_of_the_other_policy_is_refused_before_anything_changes() -> 
     assert router.state_dict() == before
     with pytest.raises(SnapshotMismatch, match="'route' policy's"):
         hedge.load_state_dict(router.state_dict())
+
+
+def test_a_switched_level_answers_with_the_other_model_in_both_engines(sandbox: Sandbox) -> None:
+    from streamcascade.learnbench import SwitchLevel
+
+    before = _level(2, ScriptedBackend("mid", [RIGHT], []), sandbox, t_test_generations=0)
+    after = _level(2, ScriptedBackend("mid", [WRONG], []), sandbox, t_test_generations=0)
+    switch = SwitchLevel(before, after)
+    assert "2 * x" in switch.step([REQUEST])[0].code and "2 * x" in switch.attempt(REQUEST).code
+    switch.switched = True  # the drift run's change: step (routed engine) and attempt (Hedge)
+    assert "x + 2" in switch.step([REQUEST])[0].code and "x + 2" in switch.attempt(REQUEST).code
