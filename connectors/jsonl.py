@@ -7,48 +7,42 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from connectors.base import Record
-from streamcascade.schemas import CodeRequest, DeadLetter
-from streamcascade.tasks import check_request
+from streamcascade.schemas import DeadLetter
+from streamcascade.service.codec import Rejected, parse_request
 
 
 class JsonlSource:
-    """Reads CodeRequests from a .jsonl file. A line that is not valid JSON or not a
-    valid request becomes a dead letter with the reason; reading goes on."""
+    """Reads CodeRequests from a .jsonl file. A line that is not a request
+    becomes a dead letter with the reason and the same `error_type` as on
+    the Kafka path (NotUtf8, NotJson, WrongSchema, Unsupported, TooLarge): one
+    codec decides for both. Reading goes on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_line_bytes: int = 16 * 1024 * 1024) -> None:
         self.path = path
+        self.max_line_bytes = max_line_bytes
 
     def records(self) -> Iterator[Record]:
         with self.path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                if not text.strip():
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
                     continue
-                where = f"{self.path}:{number}"
-                try:
-                    request = CodeRequest.model_validate_json(text)
-                    check_request(request)  # what its kind asks of it
-                except ValidationError as exc:
-                    reason = "; ".join(
-                        f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}"
-                        for e in exc.errors()
-                    )
+                parsed = parse_request(line, self.max_line_bytes)
+                if isinstance(parsed, Rejected):
+                    text = line.decode("utf-8", errors="replace")
                     yield Record(
                         dead_letter=DeadLetter(
-                            reason=reason, error_type="ValidationError", raw=text, source=where
-                        )
-                    )
-                except ValueError as exc:
-                    yield Record(
-                        dead_letter=DeadLetter(
-                            reason=str(exc), error_type="WrongKind", raw=text, source=where
+                            reason=parsed.reason,
+                            error_type=parsed.error_type,
+                            raw=text,
+                            source=f"{self.path}:{number}",
                         )
                     )
                 else:
-                    yield Record(request=request)
+                    yield Record(request=parsed)
 
 
 class JsonlSink:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamcascade.backends import BackendPool
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
+from streamcascade.cascade.engine import pool_for
 from streamcascade.config import AppConfig
 from streamcascade.learning.budget import Arm
 from streamcascade.metrics import RunSummary, format_table
@@ -59,7 +59,7 @@ class CachingLevel(Level):
 
 def caching_levels(config: AppConfig, sandbox: Sandbox) -> list[CachingLevel]:
     """Every level of `config`, each remembering its attempts, models loaded once."""
-    pool = BackendPool(config.model_cache_dir, config.allow_hub_download)
+    pool = pool_for(config)
     return [
         CachingLevel(Level(i + 1, lc, pool.get(lc.backend), sandbox))
         for i, lc in enumerate(config.levels)

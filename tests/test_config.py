@@ -20,7 +20,9 @@ def test_config_rejects_unknown_fields(tmp_path: Path) -> None:
     path.write_text(
         "levels:\n  - name: a\n    backend: {kind: llamacpp, model: m}\n    k_solution: 3\n"
     )
-    with pytest.raises(ValidationError, match="k_solution"):
+    from streamcascade.errors import InputError
+
+    with pytest.raises(InputError, match=r"line 4, levels\.0\.k_solution: Extra inputs"):
         load_config(path)
 
 
@@ -39,7 +41,9 @@ def test_environment_overrides_cache_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config file not found"):
+    from streamcascade.errors import InputError
+
+    with pytest.raises(InputError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -91,6 +95,10 @@ def test_a_config_typo_is_one_line_naming_the_file_and_field(
     learning = Path(__file__).resolve().parents[1] / "configs" / "learning.yaml"
     typo = tmp_path / "typo.yaml"
     typo.write_text(learning.read_text().replace("policy: router", "policy: routr"))
-    assert main(["run", "--config", str(typo), "--limit", "1"]) == 2
+    assert main(["run", "--config", str(typo), "--limit", "1"]) == 3  # an input file's fault
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {typo}: learning.policy: Input should be 'router' or 'hedge'"]
+    line = 1 + learning.read_text().splitlines().index("  policy: router")
+    assert err[0] == (
+        f"error: {typo}: line {line}, learning.policy: Input should be 'router' or 'hedge'"
+    )
+    assert len(err) == 2 and err[1].startswith("hint: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -95,6 +96,12 @@ class BackendSettings(BaseModel):
         level step). A backend that generates one prompt after another says 1,
         so that each call, and its timeout, covers one prompt."""
         return None
+
+    def check(self, model_cache_dir: Path | None, offline: bool) -> None:
+        """Raise a `streamcascade.errors.UserError` for what is wrong with this
+        backend's setup and can be told without loading it (a missing file, a
+        model that cannot be fetched offline), so a command fails before any
+        model loads. The default checks nothing."""
 
 
 class BackendError(RuntimeError):

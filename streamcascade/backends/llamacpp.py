@@ -34,6 +34,11 @@ class LlamaCppBackendConfig(BackendSettings):
     def prompts_per_call(self) -> int | None:
         return 1  # one context, one prompt at a time
 
+    def check(self, model_cache_dir: Path | None, offline: bool) -> None:
+        from streamcascade.models import check_model
+
+        check_model(self.model, model_cache_dir, offline)
+
 
 class LlamaCppPlugin:
     """Entry point `llamacpp`."""
@@ -43,7 +48,9 @@ class LlamaCppPlugin:
     def build(self, config: LlamaCppBackendConfig, context: BuildContext) -> LlamaCppBackend:
         from streamcascade.models import resolve_model
 
-        path = resolve_model(config.model, context.model_cache_dir, context.allow_hub)
+        path = resolve_model(
+            config.model, context.model_cache_dir, context.allow_hub, offline=context.offline
+        )
         return LlamaCppBackend(
             path,
             model_name=config.model,

@@ -28,6 +28,8 @@ class BuildContext:
 
     model_cache_dir: Path | None = None
     allow_hub: bool = True
+    offline: bool = False
+    """No network call at all to fetch a model: only what is in the cache."""
     secret: Callable[[str], str | None] = lambda name: None
     """Reads a secret (an API key) by the name of the environment variable that
     holds it; `streamcascade.config.read_secret` in service."""

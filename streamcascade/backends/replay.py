@@ -43,6 +43,14 @@ class ReplayBackendConfig(BackendSettings):
     path: Path = Field(description="A ladder .jsonl file, or the codet-humaneval directory.")
     name: str | None = Field(default=None, description="Model name to report; default from path.")
 
+    def check(self, model_cache_dir: Path | None, offline: bool) -> None:
+        from streamcascade.errors import InputError
+
+        if not self.path.exists():
+            raise InputError(f"replay backend: {self.path}: no such file or directory")
+        if self.format == "ladder" and not self.path.is_file():
+            raise InputError(f"replay backend: {self.path}: a ladder recording is a .jsonl file")
+
 
 class ReplayPlugin:
     """Entry point `replay`."""

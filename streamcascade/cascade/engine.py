@@ -23,6 +23,7 @@ def pool_for(config: AppConfig) -> BackendPool:
         context=BuildContext(
             model_cache_dir=config.model_cache_dir,
             allow_hub=config.allow_hub_download,
+            offline=config.offline,
             secret=read_secret,
         ),
     )

@@ -9,11 +9,14 @@ previous snapshot intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^snapshot-(\d{8})\.json$")
 FORMAT_VERSION = 1
@@ -21,6 +24,17 @@ FORMAT_VERSION = 1
 
 class SnapshotMismatch(ValueError):
     """A snapshot this learner cannot restore (another policy, version or shape)."""
+
+
+class SnapshotUnreadable(SnapshotMismatch):
+    """A snapshot file that is not JSON, or not in this store's format."""
+
+
+class NoSuchSnapshot(KeyError):
+    """A snapshot number the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "no such snapshot"
 
 
 def check_snapshot(
@@ -78,22 +92,41 @@ class SnapshotStore:
             self._path(old).unlink(missing_ok=True)
         return number
 
-    def load(self, number: int | None = None) -> dict[str, Any] | None:
-        """The state of snapshot `number` (default: the latest); None if there is none."""
-        numbers = self.numbers()
-        if not numbers:
-            return None
-        chosen = numbers[-1] if number is None else number
-        if chosen not in numbers:
-            raise KeyError(f"no snapshot {chosen} in {self.directory} (have {numbers})")
-        envelope = json.loads(self._path(chosen).read_text(encoding="utf-8"))
-        if envelope.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported snapshot format {envelope.get('format')!r}")
+    def _read(self, number: int) -> dict[str, Any]:
+        path = self._path(number)
+        try:
+            envelope = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SnapshotUnreadable(f"{path}: not a readable snapshot: {error}") from None
+        if not isinstance(envelope, dict) or envelope.get("format") != FORMAT_VERSION:
+            found = envelope.get("format") if isinstance(envelope, dict) else None
+            raise SnapshotUnreadable(f"{path}: unsupported snapshot format {found!r}")
         state: dict[str, Any] = envelope["state"]
         return state
 
+    def load(self, number: int | None = None) -> dict[str, Any] | None:
+        """The state of snapshot `number`, or of the latest readable one (an
+        unreadable latest one, say a disk that filled mid-write, is skipped with
+        a warning, so a restart falls back to the one before); None if there is
+        none."""
+        numbers = self.numbers()
+        if number is not None:
+            if number not in numbers:
+                have = ", ".join(map(str, numbers)) or "none"
+                raise NoSuchSnapshot(f"no snapshot {number} in {self.directory} (have: {have})")
+            return self._read(number)
+        for chosen in reversed(numbers):
+            try:
+                return self._read(chosen)
+            except SnapshotUnreadable as error:
+                log.warning("%s; trying the one before", error)
+        return None
+
     def rollback(self, number: int) -> int:
         """Make snapshot `number` the latest again; returns the new number."""
+        return self.save(self._read_checked(number), note=f"rollback to {number}")
+
+    def _read_checked(self, number: int) -> dict[str, Any]:
         state = self.load(number)
-        assert state is not None
-        return self.save(state, note=f"rollback to {number}")
+        assert state is not None  # load(number) raises rather than return None
+        return state

@@ -4,7 +4,10 @@ from streamcascade.models.registry import (
     MODELS,
     HashMismatchError,
     ModelFetchError,
+    ModelNotCached,
     ModelSpec,
+    UnknownModel,
+    check_model,
     resolve_model,
     verify_sha256,
 )
@@ -13,7 +16,10 @@ __all__ = [
     "MODELS",
     "HashMismatchError",
     "ModelFetchError",
+    "ModelNotCached",
     "ModelSpec",
+    "UnknownModel",
+    "check_model",
     "resolve_model",
     "verify_sha256",
 ]

