@@ -71,6 +71,7 @@ class BackendPool:
                 breaker=self._breaker,
                 call_timeout_s=self._call_timeout_s,
                 prompts_per_call=config.prompts_per_call(),
+                may_hang=config.may_hang(),
             )
         return self._backends[key]
 

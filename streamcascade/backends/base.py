@@ -97,6 +97,13 @@ class BackendSettings(BaseModel):
         so that each call, and its timeout, covers one prompt."""
         return None
 
+    def may_hang(self) -> bool:
+        """Whether a call can hang (a model, a server): it then runs on a worker
+        thread, bounded by the call timeout. A backend that only looks up what
+        it holds says False, and is called on the caller's thread (the hand-off
+        costs about 100 us a call)."""
+        return True
+
     def check(self, model_cache_dir: Path | None, offline: bool) -> None:
         """Raise a `streamcascade.errors.UserError` for what is wrong with this
         backend's setup and can be told without loading it (a missing file, a

@@ -43,6 +43,9 @@ class ReplayBackendConfig(BackendSettings):
     path: Path = Field(description="A ladder .jsonl file, or the codet-humaneval directory.")
     name: str | None = Field(default=None, description="Model name to report; default from path.")
 
+    def may_hang(self) -> bool:
+        return False  # a lookup in recordings held in memory
+
     def check(self, model_cache_dir: Path | None, offline: bool) -> None:
         from streamcascade.errors import InputError
 
