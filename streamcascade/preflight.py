@@ -70,6 +70,14 @@ def _address(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_address(address: str, what: str) -> tuple[str, int]:
+    """HOST:PORT to listen on."""
+    try:
+        return _address(address)
+    except InputError:
+        raise InputError(f"{what} {address!r} is not HOST:PORT (e.g. 0.0.0.0:9108)") from None
+
+
 def check_broker(bootstrap_servers: Sequence[str], timeout_s: float = 5.0) -> None:
     """At least one bootstrap server accepts a TCP connection (kafka-python
     would otherwise retry for about 40 s and then fail with a timeout)."""

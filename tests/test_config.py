@@ -35,9 +35,20 @@ def test_config_rejects_duplicate_level_names() -> None:
 def test_environment_overrides_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMCASCADE_MODEL_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("STREAMCASCADE_CPU_THREADS", "2")
     config = load_config()
     assert config.model_cache_dir == tmp_path
-    assert config.allow_hub_download is False
+    assert config.allow_hub_download is False and config.offline is True
+    # A container's CPU limit: in-process models use that many threads.
+    assert config.cpu_threads == 2
+    from streamcascade.cascade.engine import pool_for
+
+    assert pool_for(config)._context.cpu_threads == 2
+    monkeypatch.setenv("STREAMCASCADE_CPU_THREADS", "two")
+    from streamcascade.errors import InputError
+
+    with pytest.raises(InputError, match="STREAMCASCADE_CPU_THREADS='two'"):
+        load_config()
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compose_file_matches_the_image_configs_and_cli() -> None:
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"kafka", "streamcascade"}
+    assert set(services) == {"kafka", "streamcascade", "prometheus"}
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:4.")
     environment = kafka["environment"]
@@ -35,3 +35,26 @@ def test_compose_file_matches_the_image_configs_and_cli() -> None:
     assert app["depends_on"]["kafka"]["condition"] == "service_healthy"
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "COPY configs ./configs" in dockerfile and 'ENTRYPOINT ["streamcascade"]' in dockerfile
+
+
+def test_the_image_leaves_its_build_tools_behind_and_the_replicas_are_watched() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    app = compose["services"]["streamcascade"]
+    args = build_parser().parse_args(app["command"])
+    host, port = args.metrics_address.split(":")
+    # The healthcheck asks the port serve listens on, inside the container.
+    assert host == "0.0.0.0" and f"127.0.0.1:{port}/healthz" in " ".join(app["healthcheck"]["test"])
+    # Each replica's CPU limit, and llama.cpp's threads set to match it.
+    cpus = app["deploy"]["resources"]["limits"]["cpus"]
+    assert app["environment"]["STREAMCASCADE_CPU_THREADS"] == cpus
+    # Prometheus scrapes every replica on that port.
+    prometheus = compose["services"]["prometheus"]
+    [mount] = prometheus["volumes"]
+    scrape = yaml.safe_load((ROOT / "docker" / mount.split(":")[0]).read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["dns_sd_configs"][0] == {"names": ["streamcascade"], "type": "A", "port": int(port)}
+    # Two stages: compilers in the first only; the image installs the wheels.
+    stages = (ROOT / "docker" / "Dockerfile").read_text().split("\nFROM ")[1:]
+    assert len(stages) == 2 and "build-essential" in stages[0]
+    assert "build-essential" not in stages[1] and "cmake" not in stages[1]
+    assert "COPY --from=build /wheels" in stages[1] and "libgomp1" in stages[1]

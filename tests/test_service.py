@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import threading
 import time
@@ -112,8 +113,9 @@ BAD = [
 
 
 def test_answers_every_request_and_dead_letters_bad_input(
-    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
+    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="streamcascade.service.worker")
     n = 30
     config = replay_config(tmp_path, kafka, n, max_request_bytes=4000, max_in_flight=8)
     values = [request_json(i) for i in range(n)]
@@ -138,6 +140,10 @@ def test_answers_every_request_and_dead_letters_bad_input(
     assert "exceeds the limit" in reasons[BAD[5]]
     assert all(d.headers["source_topic"].decode() == topics.requests for d in dead)
     assert stats.n_answers == n and stats.n_dead_letters == len(BAD)
+    # One log line per batch says what it did: together they account for every record.
+    batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch of ")]
+    assert sum(int(line.split()[2]) for line in batches) == n + len(BAD)
+    assert sum(int(line.split(":")[1].split()[0]) for line in batches) == n
 
 
 @pytest.mark.parametrize("policy", ["hedge", "router"])
@@ -359,7 +365,10 @@ def test_throughput_bench_runs_both_paths_on_the_same_stream(tmp_path: Path) -> 
 
     report = service_throughput(n_requests=2000, n_warmup=300, work_dir=tmp_path)
     print("\n" + report.table())  # the figures; `streamcascade perf service` is the benchmark
-    assert set(report.service_us_per_request) == {"at_least_once", "exactly_once"}
+    assert set(report.service_us_per_request) == {
+        "at_least_once", "exactly_once", "at_least_once, metrics on", "at_least_once, again"
+    }  # fmt: skip
+    assert "metrics on (scraped every second) against the mean" in report.table()
     assert report.bench_us_per_request > 0 and report.share_at_level0 > 0
 
 
@@ -663,3 +672,87 @@ def test_a_producer_with_unsent_records_closes_at_once(tmp_path: Path) -> None:
         close_at_once(ours)
         wait_for(lambda: not ours._sender.is_alive(), 10.0)
         plain._sender.force_close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a metric's samples (every label set) in Prometheus text format."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+def test_serve_metrics_health_and_readiness_count_what_was_fed(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """A real `streamcascade serve` on a real broker: /metrics accounts for
+    every record fed, /healthz and /readyz say it is alive and serving."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    n = 12
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    raw = shared_replay_config(tmp_path, kafka.bootstrap_servers, n, instance_id="m0",
+                               partitions=2, metrics_address=f"127.0.0.1:{port}")  # fmt: skip
+    config_path = tmp_path / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    config = AppConfig.model_validate(raw)
+    ensure_topics(config.kafka)
+    feed(config.kafka, [request_json(i) for i in range(n)] + BAD[:3])
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "streamcascade.cli", "serve", "--config", str(config_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def answered() -> bool:
+            try:
+                status, text = _get(f"{base}/metrics")
+            except OSError:
+                return False
+            return status == 200 and _metric(text, "streamcascade_answers_total") >= n
+
+        wait_for(answered, 120, lambda: log_path.read_text()[-2000:])
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, lambda: _get(f"{base}/readyz"))
+        _, text = _get(f"{base}/metrics")
+        assert _metric(text, "streamcascade_requests_total") == n + 3
+        assert _metric(text, "streamcascade_answers_total") == n
+        assert _metric(text, "streamcascade_dead_letters_total") == 3
+        assert 'streamcascade_dead_letters_total{error_type="NotJson"} 1.0' in text
+        assert 'streamcascade_dead_letters_total{error_type="NotUtf8"} 1.0' in text
+        # Every answer came from level 1 (see replay_config), each timed end to end.
+        assert _metric(text, "streamcascade_answers_total") == _metric(
+            text, 'streamcascade_answers_total{level="1"}'
+        )
+        assert _metric(text, "streamcascade_answer_seconds_count") == n
+        assert _metric(text, "streamcascade_cost_usd_total") > 0
+        assert _metric(text, "streamcascade_partitions_owned") == 2
+        assert 'streamcascade_backend_breaker_open{backend="small"} 0.0' in text
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert _get(f"{base}/nope")[0] == 404
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, log_path.read_text()[-2000:]
+    assert "batch of " in log_path.read_text()

@@ -55,7 +55,7 @@ class LlamaCppPlugin:
             path,
             model_name=config.model,
             n_ctx=config.n_ctx,
-            n_threads=config.n_threads,
+            n_threads=config.n_threads or context.cpu_threads,
             n_batch=config.n_batch,
             n_gpu_layers=config.n_gpu_layers,
             seed=config.seed,

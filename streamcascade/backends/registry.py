@@ -30,6 +30,8 @@ class BuildContext:
     allow_hub: bool = True
     offline: bool = False
     """No network call at all to fetch a model: only what is in the cache."""
+    cpu_threads: int | None = None
+    """Threads for an in-process model whose config sets none (None: all cores)."""
     secret: Callable[[str], str | None] = lambda name: None
     """Reads a secret (an API key) by the name of the environment variable that
     holds it; `streamcascade.config.read_secret` in service."""

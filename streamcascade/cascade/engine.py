@@ -24,6 +24,7 @@ def pool_for(config: AppConfig) -> BackendPool:
             model_cache_dir=config.model_cache_dir,
             allow_hub=config.allow_hub_download,
             offline=config.offline,
+            cpu_threads=config.cpu_threads,
             secret=read_secret,
         ),
     )

@@ -567,6 +567,19 @@ class CascadeLearner:
             policy.restart_exploration(self.config.drift_share)
         return True
 
+    def gauges(self) -> dict[str, float]:
+        return {
+            "requests": self.n_requests,
+            "feedback": self.n_feedback,
+            "answered_at_level0": self.n_answered0,
+            "explorations": self.n_explored,
+            "skips": self.n_skipped,
+            "drift_alarms": sum(
+                m.n_detections for m in (*self.drift, self.gate_drift, *self.class_drift)
+            ),
+            "mu_per_usd": self.mu,
+        }
+
     # -- state -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -244,6 +244,17 @@ class RouteLearner:
         self.n_labels += 1
         return True
 
+    def gauges(self) -> dict[str, float]:
+        return {
+            "requests": self.n_requests,
+            "labels": self.n_labels,
+            "feedback": self.n_feedback,
+            "drift_alarms": self.n_drifts,
+            "mu_per_usd": self.mu,
+            "top_calls_per_wrong_answer": self.top_calls,
+            "forced_explorations": self.router.n_forced,
+        }
+
     # -- state ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import random
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from streamcascade.config import LearningConfig, LevelConfig
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
+from streamcascade.service.observe import Health, ObserveServer, ServiceMetrics
+from streamcascade.service.worker import CascadeService
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +70,19 @@ def _engine(learner: CascadeLearner, sandbox: Sandbox, recordings: Path) -> Onli
     return OnlineCascadeEngine(levels, learner, Labeler(sandbox, "auto"))
 
 
+METRICS_ON = "metrics on"
+
+
 @dataclass
 class ThroughputReport:
     n_requests: int
     share_at_level0: float
     bench_us_per_request: float
     service_us_per_request: dict[str, float]
+    counting_us_per_request: float | None = None
+    """Time in `ServiceMetrics.observe_batch` per request, in the metrics run."""
+    scrape_us_per_request: float | None = None
+    """Time the scrapes took on the server, per request of that run."""
 
     def table(self) -> str:
         bench = self.bench_us_per_request
@@ -83,9 +93,57 @@ class ThroughputReport:
             "| --- | --- | --- | --- |",
             f"| bench (in-process) | {1e6 / bench:,.0f} | {bench:.0f} | - |",
         ]
-        for delivery, us in self.service_us_per_request.items():
-            lines.append(f"| service, {delivery} | {1e6 / us:,.0f} | {us:.0f} | {us - bench:.0f} |")
+        for path, us in self.service_us_per_request.items():
+            lines.append(f"| service, {path} | {1e6 / us:,.0f} | {us:.0f} | {us - bench:.0f} |")
+        runs = self.service_us_per_request
+        observed = runs.get(f"at_least_once, {METRICS_ON}")
+        plain = [runs[name] for name in ("at_least_once", "at_least_once, again") if name in runs]
+        if observed and plain:
+            mean = sum(plain) / len(plain)
+            lines.append(
+                f"metrics on (scraped every second) against the mean of the runs without, "
+                f"at least once: {100 * (observed / mean - 1):+.1f} % time per request "
+                f"(the runs without differ by {100 * (max(plain) / min(plain) - 1):.1f} %)"
+            )
+        if observed and self.counting_us_per_request is not None:
+            scrapes = self.scrape_us_per_request or 0.0
+            lines.append(
+                f"measured inside that run: counting {self.counting_us_per_request:.1f} us and "
+                f"scrapes {scrapes:.1f} us per request, "
+                f"{100 * (self.counting_us_per_request + scrapes) / observed:.2f} % of its time"
+            )
         return "\n".join(lines)
+
+
+class _Scraper:
+    """The metrics served on a free loopback port and scraped every second,
+    as a (keen) Prometheus would, while the service runs."""
+
+    def __init__(self, metrics: ServiceMetrics, service: CascadeService) -> None:
+        metrics.registry.register(metrics.live_collector(service.live_state()))
+        health = Health(lambda: service.last_loop_s, service.not_ready)
+        self.server = ObserveServer(metrics, health, "127.0.0.1", 0)
+        self.n_scrapes = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        url = f"http://127.0.0.1:{self.server.port}/metrics"
+        while not self._stop.wait(1.0):
+            started = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=5) as response:
+                response.read()
+            # Wall time of a scrape, client and server: an upper bound of what
+            # it takes from the service (it shares the interpreter's lock).
+            self.seconds += time.perf_counter() - started
+            self.n_scrapes += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.server.close()
 
 
 def service_throughput(
@@ -94,11 +152,15 @@ def service_throughput(
     deliveries: tuple[str, ...] = ("at_least_once", "exactly_once"),
     max_in_flight: int = 1_000,
     work_dir: Path | None = None,
+    with_metrics: bool = True,
 ) -> ThroughputReport:
+    """The bench path, then each delivery through the service; with
+    `with_metrics`, at least once again with metrics counted and scraped every
+    second (same stream, same broker) to measure what watching costs."""
     from streamcascade.config import KafkaConfig, SandboxConfig
     from streamcascade.service.broker import LocalKafka
     from streamcascade.service.tools import feed
-    from streamcascade.service.worker import CascadeService, ensure_topics
+    from streamcascade.service.worker import ensure_topics
 
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="streamcascade-throughput-"))
     rng = random.Random(0)
@@ -133,9 +195,19 @@ def service_throughput(
         bench_us = 1e6 * (time.perf_counter() - started) / n_requests
 
         service_us: dict[str, float] = {}
+        counting_us: float | None = None
+        scrape_us: float | None = None
+        runs = [(delivery, False) for delivery in deliveries]
+        if with_metrics and "at_least_once" in deliveries:
+            # Off, on, off again: the two runs without metrics bracket the one
+            # with them, so a drift of the machine's speed shows as their spread.
+            runs += [("at_least_once", True), ("at_least_once", False)]
         with LocalKafka(work_dir / "kafka", partitions=4) as broker:
-            for delivery in deliveries:
-                prefix = f"throughput-{delivery}"
+            for delivery, observed in runs:
+                name = f"{delivery}, {METRICS_ON}" if observed else delivery
+                if name in service_us:
+                    name += ", again"
+                prefix = "throughput-" + name.replace(", ", "-").replace(" ", "-")
                 kafka = KafkaConfig(
                     bootstrap_servers=[broker.bootstrap_servers],
                     group_id=prefix,
@@ -161,17 +233,28 @@ def service_throughput(
                         timing["last"] = time.perf_counter()
                         done.set()
 
-                service = CascadeService(kafka, fresh_engine(), None, on_batch=on_batch)
+                metrics = ServiceMetrics() if observed else None
+                service = CascadeService(kafka, fresh_engine(), None, on_batch=on_batch,
+                                         metrics=metrics)  # fmt: skip
+                scraper = _Scraper(metrics, service) if metrics is not None else None
                 thread = threading.Thread(target=service.run)
                 thread.start()
                 done.wait(600)
                 service.stop()
                 thread.join(60)
+                if scraper is not None:
+                    scraper.close()
+                    counted = service.stats.n_requests or 1
+                    assert metrics is not None
+                    counting_us = 1e6 * metrics.seconds_counting / counted
+                    scrape_us = 1e6 * scraper.seconds / counted
                 if "last" not in timing:
-                    raise RuntimeError(f"{delivery}: not all answered ({service.stats.line()})")
+                    raise RuntimeError(f"{name}: not all answered ({service.stats.line()})")
                 # From the first committed batch to the last, so joining the group
                 # (a one-off at start) is not counted.
                 timed = n_requests - timing["n_first"]
-                service_us[delivery] = 1e6 * (timing["last"] - timing["first"]) / max(1, timed)
-                log.info("%s: %s", delivery, service.stats.line())
-    return ThroughputReport(n_requests, at_level0 / n_requests, bench_us, service_us)
+                service_us[name] = 1e6 * (timing["last"] - timing["first"]) / max(1, timed)
+                log.info("%s: %s", name, service.stats.line())
+    return ThroughputReport(
+        n_requests, at_level0 / n_requests, bench_us, service_us, counting_us, scrape_us
+    )

@@ -53,6 +53,7 @@ from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.snapshots import SnapshotMismatch
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_feedback, parse_request
+from streamcascade.service.observe import LiveState, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +309,21 @@ class CascadeService:
         engine: Engine,
         learner: OnlineLearner | None = None,
         on_batch: Callable[[ServiceStats], None] | None = None,
+        metrics: ServiceMetrics | None = None,
+        breakers: Callable[[], dict[str, str]] | None = None,
     ) -> None:
+        """`metrics`: count each committed batch there; `breakers`: each level's
+        circuit breaker state, by level name (for /metrics and /readyz)."""
+        self._breakers = breakers or dict
         self.config = config
         self.engine = engine
         self.learner = learner
+        self.metrics = metrics
+        self.last_loop_s = time.monotonic()
+        """When the service loop last came round (for /healthz)."""
+        self.lag_by_partition: dict[str, int] = {}
+        self._lag_checked_s = 0.0
+        self._owned = 0
         self.instance_id = config.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.stats = ServiceStats()
         self._stop = threading.Event()
@@ -416,6 +428,9 @@ class CascadeService:
         )
         try:
             while not self._stop.is_set():
+                self.last_loop_s = time.monotonic()
+                if self.metrics is not None:
+                    self._refresh_lag()
                 self._learn_from_inbox()
                 batch = self._carried or self._poll(int(1000 * config.poll_timeout_s))
                 self._carried = {}
@@ -492,6 +507,7 @@ class CascadeService:
         """Answer one polled batch and commit it, or rewind it on failure."""
         from kafka import OffsetAndMetadata
 
+        started_s = time.monotonic()
         self._lost = set()
         rejected: list[tuple[Any, _Output]] = []
         jobs: list[tuple[Any, Any, CodeRequest]] = []
@@ -526,6 +542,7 @@ class CascadeService:
             offsets = {p: offset for p, offset in offsets.items() if p not in lost}
         outputs = [output for partition, output in rejected if partition not in lost]
         n_answers = n_failed = 0
+        answered: list[CascadeAnswer] = []
         error = answering.exception()
         results = answering.result() if error is None else [error] * len(jobs)
         for (partition, record, request), result in zip(jobs, results, strict=True):
@@ -538,6 +555,7 @@ class CascadeService:
                             answer.model_dump_json().encode(), self._headers())
                 )  # fmt: skip
                 n_answers += 1
+                answered.append(answer)
             else:
                 log.warning("request %s failed: %r", request.id, result)
                 outputs.append(self._dead_letter(record, _reason(result),
@@ -562,8 +580,61 @@ class CascadeService:
         self.stats.n_events_out += len(events)
         self.stats.n_batches += 1
         self._since_snapshot += len(jobs)
+        if self.metrics is not None:
+            dead_types = [dict(o.headers).get("error_type", b"?").decode() for o in outputs
+                          if o.topic == self.config.topics.deadletter]  # fmt: skip
+            self.metrics.observe_batch(answered, dead_types, time.monotonic() - started_s)
+        # One line per batch: what a person watching the logs needs to see it work.
+        log.info(
+            "batch of %d records: %d answered, %d dead letters, %d learning events, %.2f s",
+            sum(len(records) for records in batch.values()), n_answers,
+            len(outputs) - n_answers - len(events), len(events), time.monotonic() - started_s,
+        )  # fmt: skip
         if self._on_batch is not None:
             self._on_batch(self.stats)
+
+    def _refresh_lag(self, every_s: float = 5.0) -> None:
+        """Records behind the end of each owned partition, every `every_s` (one
+        broker call; on the loop's thread, since the consumer is not thread-safe)."""
+        now = time.monotonic()
+        if now - self._lag_checked_s < every_s or self._consumer is None:
+            return
+        self._lag_checked_s = now
+        from kafka.errors import KafkaError
+
+        owned = list(self._consumer.assignment())
+        self._owned = len(owned)
+        try:
+            end = self._consumer.end_offsets(owned) if owned else {}
+            lag = {}
+            for partition in owned:
+                position = self._consumer.position(partition)
+                if position is not None:
+                    lag[f"{partition.topic}:{partition.partition}"] = end[partition] - position
+            self.lag_by_partition = lag
+        except KafkaError as error:
+            log.debug("consumer lag not refreshed: %s", error)
+
+    def live_state(self) -> LiveState:
+        """What the metrics read at scrape time (see `streamcascade.service.observe`)."""
+        return LiveState(
+            stats=lambda: self.stats,
+            partitions_owned=lambda: self._owned,
+            lag_by_partition=lambda: dict(self.lag_by_partition),
+            breakers=self._breakers,
+            learner=lambda: self.learner.gauges() if self.learner is not None else {},
+        )
+
+    def not_ready(self) -> str | None:
+        """Why this instance should get no traffic yet, or None (for /readyz)."""
+        if self._stop.is_set():
+            return "stopping"
+        if self._owned == 0:
+            return "no request partitions assigned (yet)"
+        open_levels = [name for name, state in self._breakers().items() if state == "open"]
+        if open_levels:
+            return "circuit breaker open: " + ", ".join(open_levels)
+        return None
 
     def _unstick(self, idle_s: float = 10.0) -> None:
         """Between batches nothing is paused; after `idle_s` without records, an
