@@ -72,7 +72,7 @@ class _LiveCollector(Collector):
         )
         lag = GaugeMetricFamily(
             "streamcascade_consumer_lag",
-            "Records behind the end of each owned request partition (refreshed every few s).",
+            "Records behind the end of each owned request partition (refreshed every 15 s).",
             labels=["partition"],
         )
         for partition, value in sorted(self.live.lag_by_partition().items()):

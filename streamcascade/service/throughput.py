@@ -96,14 +96,16 @@ class ThroughputReport:
         for path, us in self.service_us_per_request.items():
             lines.append(f"| service, {path} | {1e6 / us:,.0f} | {us:.0f} | {us - bench:.0f} |")
         runs = self.service_us_per_request
-        observed = runs.get(f"at_least_once, {METRICS_ON}")
-        plain = [runs[name] for name in ("at_least_once", "at_least_once, again") if name in runs]
-        if observed and plain:
-            mean = sum(plain) / len(plain)
+        on = [us for name, us in runs.items() if name.startswith(f"at_least_once, {METRICS_ON}")]
+        off = [us for name, us in runs.items()
+               if name.startswith("at_least_once") and METRICS_ON not in name]  # fmt: skip
+        observed = sum(on) / len(on) if on else None
+        if observed and len(off) > 1:
+            mean = sum(off) / len(off)
             lines.append(
-                f"metrics on (scraped every second) against the mean of the runs without, "
-                f"at least once: {100 * (observed / mean - 1):+.1f} % time per request "
-                f"(the runs without differ by {100 * (max(plain) / min(plain) - 1):.1f} %)"
+                f"metrics on (scraped every second), {len(on)} runs, against the {len(off)} "
+                f"runs without, at least once, alternating: {100 * (observed / mean - 1):+.1f} % "
+                f"time per request (the runs without span {100 * (max(off) / min(off) - 1):.1f} %)"
             )
         if observed and self.counting_us_per_request is not None:
             scrapes = self.scrape_us_per_request or 0.0
@@ -201,12 +203,14 @@ def service_throughput(
         if with_metrics and "at_least_once" in deliveries:
             # Off, on, off again: the two runs without metrics bracket the one
             # with them, so a drift of the machine's speed shows as their spread.
-            runs += [("at_least_once", True), ("at_least_once", False)]
+            runs += [("at_least_once", True), ("at_least_once", False)] * 2
         with LocalKafka(work_dir / "kafka", partitions=4) as broker:
             for delivery, observed in runs:
-                name = f"{delivery}, {METRICS_ON}" if observed else delivery
-                if name in service_us:
-                    name += ", again"
+                base = f"{delivery}, {METRICS_ON}" if observed else delivery
+                name, repeat = base, 1
+                while name in service_us:
+                    repeat += 1
+                    name = f"{base}, run {repeat}"
                 prefix = "throughput-" + name.replace(", ", "-").replace(" ", "-")
                 kafka = KafkaConfig(
                     bootstrap_servers=[broker.bootstrap_servers],

@@ -593,7 +593,7 @@ class CascadeService:
         if self._on_batch is not None:
             self._on_batch(self.stats)
 
-    def _refresh_lag(self, every_s: float = 5.0) -> None:
+    def _refresh_lag(self, every_s: float = 15.0) -> None:
         """Records behind the end of each owned partition, every `every_s` (one
         broker call; on the loop's thread, since the consumer is not thread-safe)."""
         now = time.monotonic()
