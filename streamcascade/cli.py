@@ -382,6 +382,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from streamcascade.models import MODELS, resolve_model
 
     config = load_config(Path(args.config) if args.config else None)
+    if args.list:
+        from streamcascade.models import cache_status
+
+        for entry in cache_status(config.model_cache_dir):
+            size_mb = entry.spec.size_bytes / 1e6
+            print(f"{entry.spec.name}\t{entry.state}\t{size_mb:,.0f} MB\t{entry.path}")
+        return 0
     names = args.names or sorted(MODELS)
     for name in names:
         path = resolve_model(
@@ -721,6 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="fetch and verify model files into the cache")
     models.add_argument("names", nargs="*", help="registry names (default: all)")
     models.add_argument("--config", help="YAML config (for the cache dir)")
+    models.add_argument("--list", action="store_true",
+                        help="what the cache holds, verified or not; fetches nothing")  # fmt: skip
     models.set_defaults(func=cmd_models)
     for command in sub.choices.values():
         # Also after the command name, where people type it (SUPPRESS: not unset by it).

@@ -94,3 +94,31 @@ def test_local_copy_of_a_registry_file_is_verified(tmp_path: Path) -> None:
     fake.write_bytes(b"not the model")
     with pytest.raises(HashMismatchError):
         resolve_model(str(fake), cache_dir=tmp_path)
+
+
+def test_the_cache_listing_says_what_is_verified_and_fetches_nothing(
+    tmp_path: Path, tiny_spec: ModelSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamcascade.cli import main
+    from streamcascade.models import cache_status
+
+    def state() -> str:
+        return {e.spec.name: e.state for e in cache_status(tmp_path)}[tiny_spec.name]
+
+    assert state() == "missing"
+    path = tmp_path / tiny_spec.filename
+    path.write_bytes(b"the right bytes")
+    assert state() == "unverified"  # present; the next load hashes it
+    resolve_model(tiny_spec.name, cache_dir=tmp_path, allow_hub=False)
+    assert state() == "verified"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model_cache_dir: {tmp_path}\nlevels:\n  - name: a\n    backend: "
+        "{kind: llamacpp, model: tiny-test-model}\n"
+    )
+    assert main(["models", "--list", "--config", str(config)]) == 0
+    assert f"tiny-test-model\tverified\t0 MB\t{path}" in capsys.readouterr().out
+    # Offline, a missing model is refused without any download.
+    path.unlink()
+    with pytest.raises(registry.ModelNotCached, match=f"put tiny-test-model.gguf .* at {path}"):
+        resolve_model(tiny_spec.name, cache_dir=tmp_path, offline=True)

@@ -2,11 +2,13 @@
 
 from streamcascade.models.registry import (
     MODELS,
+    CacheEntry,
     HashMismatchError,
     ModelFetchError,
     ModelNotCached,
     ModelSpec,
     UnknownModel,
+    cache_status,
     check_model,
     resolve_model,
     verify_sha256,
@@ -14,11 +16,13 @@ from streamcascade.models.registry import (
 
 __all__ = [
     "MODELS",
+    "CacheEntry",
     "HashMismatchError",
     "ModelFetchError",
     "ModelNotCached",
     "ModelSpec",
     "UnknownModel",
+    "cache_status",
     "check_model",
     "resolve_model",
     "verify_sha256",

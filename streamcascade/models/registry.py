@@ -122,6 +122,34 @@ def _mark_verified(path: Path, spec: ModelSpec) -> None:
     _verified_marker(path).write_text(f"{spec.sha256} {stat.st_size} {stat.st_mtime_ns}\n")
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One registry model and what the cache holds of it."""
+
+    spec: ModelSpec
+    path: Path
+    state: str
+    """"verified" (hash checked, unchanged since), "unverified" (present, not
+    checked yet: the next load hashes it), or "missing"."""
+
+
+def cache_status(cache_dir: Path | None = None) -> list[CacheEntry]:
+    """Every registry model and whether the cache holds it, verified. Nothing is
+    hashed or fetched: this is what `streamcascade models --list` prints."""
+    cache = (cache_dir or default_cache_dir()).expanduser()
+    entries = []
+    for spec in MODELS.values():
+        path = cache / spec.filename
+        if _is_verified(path, spec):
+            state = "verified"
+        elif path.is_file():
+            state = "unverified"
+        else:
+            state = "missing"
+        entries.append(CacheEntry(spec, path, state))
+    return entries
+
+
 def _fetch_from_hub(spec: ModelSpec, dest: Path, timeout_s: float) -> None:
     url = f"https://huggingface.co/{spec.hub_repo}/resolve/main/{spec.filename}"
     with urllib.request.urlopen(url, timeout=timeout_s) as response, dest.open("wb") as out:
