@@ -2,7 +2,8 @@
 
 Commands: run (a stream through the cascade), serve (the Kafka service), bench
 and perf (benchmarks), feed and follow (topics), state (learner snapshots),
-faults (fault runs), kafka (a local broker), models (fetch the model files)."""
+explain (why an answer came from where it did), faults (fault runs), kafka (a
+local broker), models (fetch the model files)."""
 
 from __future__ import annotations
 
@@ -378,6 +379,38 @@ def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -
     return 0
 
 
+def _lines(path: Path | None) -> Iterator[str]:
+    """A file's lines, or stdin's (left open) when no file is named."""
+    if path is None:
+        yield from sys.stdin
+        return
+    with path.open(encoding="utf-8") as handle:
+        yield from handle
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from streamcascade.explain import explain
+    from streamcascade.preflight import check_input_file
+    from streamcascade.schemas import CascadeAnswer
+
+    if args.answers:
+        check_input_file(Path(args.answers), "--answers")
+    found = None
+    for line in _lines(Path(args.answers) if args.answers else None):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # logs or dead letters mixed in: not answers
+        if isinstance(record, dict) and record.get("id") == args.id and "attempts" in record:
+            found = CascadeAnswer.model_validate(record)  # the latest answer wins
+    if found is None:
+        where = args.answers or "stdin"
+        raise InputError(f"no answer with id {args.id!r} in {where}",
+                         hint="answers come from `run --out FILE` or `follow`")  # fmt: skip
+    print(explain(found))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from streamcascade.models import MODELS, resolve_model
 
@@ -724,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--port", type=int, default=9092)
     kafka.add_argument("--heap-mb", type=int, default=512)
     kafka.set_defaults(func=cmd_kafka)
+
+    explain = sub.add_parser("explain", help="why a request went where it went")
+    explain.add_argument("id", help="the request id of the answer")
+    explain.add_argument("--answers", help="a JSONL file of answers (default: stdin)")
+    explain.set_defaults(func=cmd_explain)
 
     models = sub.add_parser("models", help="fetch and verify model files into the cache")
     models.add_argument("names", nargs="*", help="registry names (default: all)")

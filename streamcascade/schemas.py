@@ -167,6 +167,20 @@ class LevelFailure(BaseModel):
     reason: str
 
 
+class RouteStep(BaseModel):
+    """One decision of the cascade's policy on a request's way up: what it ran
+    next (or that it stopped) and what it saw when it decided."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    next_level: int | None = Field(description="The level run next (its index); None: stop.")
+    policy: str = Field(description="Who decided: fixed, router, ...")
+    why: str = Field(description="The decision in words, with the figures it weighed.")
+    figures: dict[str, float] = Field(
+        default_factory=dict, description="Those figures by name (estimates, thresholds, mu)."
+    )
+
+
 class CascadeAnswer(BaseModel):
     """What the cascade publishes for one request."""
 
@@ -206,6 +220,10 @@ class CascadeAnswer(BaseModel):
     failed_levels: list[LevelFailure] = Field(
         default_factory=list,
         description="Levels whose backend failed on this request; the request went on past them.",
+    )
+    route: list[RouteStep] = Field(
+        default_factory=list,
+        description="Each decision of the policy, in order (`streamcascade explain` prints it).",
     )
 
 

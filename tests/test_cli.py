@@ -164,3 +164,30 @@ def test_version_help_and_bad_numbers(
                  "--no-progress"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "0 answered, 0 dead letters" in err and "-----" not in err
+
+
+def test_explain_tells_why_an_answer_came_from_its_level(
+    tmp_path: Path, replay_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = tmp_path / "requests.jsonl"
+    # The small level's answer fails this visible test (it returns x + 1): up it goes.
+    requests.write_text(json.dumps({"id": "T/0", "prompt": PROMPT, "entry_point": "inc",
+                                    "visible_tests": ["assert inc(1) == 3"]}) + "\n")  # fmt: skip
+    for learn, policy in ((False, "fixed"), (True, "router")):
+        out = tmp_path / f"answers-{policy}.jsonl"
+        argv = ["run", "--config", str(replay_config), "--input", str(requests), "--out",
+                str(out), "--no-progress", "--no-grade"] + (["--learn"] if learn else [])  # fmt: skip
+        assert main(argv) == 0
+        capsys.readouterr()
+        assert main(["explain", "T/0", "--answers", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("T/0: answered by level 2 (big)")
+        assert "level 1 (small): score 0.00, threshold 1.00, not accepted, tests 0/1 passed" in text
+        route = [line for line in text.splitlines() if line.startswith("  ") and ". " in line]
+        assert route[0].startswith(f"  1. {policy}: ") and route[-1].endswith("-> stop")
+        if policy == "fixed":
+            assert "scored 0.00 < threshold 1.00: up -> level 2" in text
+        else:
+            assert "best plan" in text and "mu " in text
+    assert main(["explain", "T/9", "--answers", str(out)]) == 3
+    assert "no answer with id 'T/9'" in capsys.readouterr().err

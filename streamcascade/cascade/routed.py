@@ -25,7 +25,13 @@ from streamcascade.learning.routing import (
     Observation,
     RouteState,
 )
-from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, LevelFailure
+from streamcascade.schemas import (
+    CascadeAnswer,
+    CodeRequest,
+    Feedback,
+    LevelFailure,
+    RouteStep,
+)
 from streamcascade.tasks import check_request
 
 log = logging.getLogger(__name__)
@@ -328,6 +334,15 @@ class RoutedCascadeEngine:
                 if p not in state.order
             ],
             failed_levels=failures,
+            route=[
+                RouteStep(
+                    next_level=None if d.position is None else self.levels[d.position].index,
+                    policy=d.policy,
+                    why=d.why,
+                    figures=d.figures,
+                )
+                for d in state.decisions
+            ],
         )
 
     def learn_one(self, feedback: Feedback) -> bool:

@@ -57,6 +57,17 @@ class Observation:
     cost_usd: float
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One decision of a policy, kept to explain the answer (not learned from)."""
+
+    position: int | None
+    """The position run next; None: stop."""
+    policy: str
+    why: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class RouteState:
     """One request on its way up: its features and what has run so far."""
@@ -69,6 +80,8 @@ class RouteState:
     """Positions in the order they ran."""
     forced: bool = False
     """The top model was called by the exploration floor, not by the estimates."""
+    decisions: list[Decision] = field(default_factory=list)
+    """Why each step was taken, for `streamcascade explain`."""
 
     @property
     def ran(self) -> frozenset[int]:
@@ -233,10 +246,26 @@ class FixedCascadePolicy:
 
     def decide(self, state: RouteState, mu: float, cost_usd: Sequence[float]) -> int | None:
         if not state.order:
+            state.decisions.append(Decision(0, "fixed", "start at the cheapest level"))
             return 0
         last = state.order[-1]
-        if last == len(self.thresholds) - 1 or self._accepts(state.observations[last]):
+        observation = state.observations[last]
+        figures = {"score": observation.score, "threshold": self.thresholds[last]}
+        if last == len(self.thresholds) - 1:
+            why = f"the top answers, whatever it scored ({observation.score:.2f})"
+            state.decisions.append(Decision(None, "fixed", why, figures))
             return None
+        if self._accepts(observation):
+            threshold = self.thresholds[last]
+            why = f"scored {observation.score:.2f} >= threshold {threshold:.2f}: it answers"
+            state.decisions.append(Decision(None, "fixed", why, figures))
+            return None
+        why = (
+            f"scored {observation.score:.2f} < threshold {self.thresholds[last]:.2f}: up"
+            if observation.has_answer
+            else "no answer: up"
+        )
+        state.decisions.append(Decision(last + 1, "fixed", why, figures))
         return last + 1
 
     def answer(self, state: RouteState) -> int:
@@ -372,6 +401,7 @@ class CascadeRouter:
         run is a plan; the best plan's most important model runs next."""
         ran = state.ran
         if self.top in ran:
+            state.decisions.append(Decision(None, "router", "the top has run: stop"))
             return None
         self.n_decisions += bool(explore)
         # The best answer so far, as a Thompson draw: where the router is unsure
@@ -379,15 +409,30 @@ class CascadeRouter:
         best = max((self.quality_of(state, j, explore) for j in ran), default=0.0)
         values = self.plan_values(state, best, mu, cost_usd)
         best_plan = max(values, key=lambda plan: (values[plan], -len(plan)))
+        figures = {"best_quality_so_far": best, "best_plan_value": values[best_plan],
+                   "mu_per_usd": mu}  # fmt: skip
+        if math.isfinite(values.get((), -math.inf)):  # before anything ran, stopping is no plan
+            figures["stop_value"] = values[()]
+        # Levels are numbered from 1 in answers (position + 1).
+        plan_words = "+".join(f"L{m + 1}" for m in best_plan) or "stop"
+        seen = (
+            f"best answer so far {best:.2f}{' (a Thompson draw)' if explore else ''}; "
+            f"best plan {plan_words} worth {values[best_plan]:.3f} at mu {mu:.3g}/USD"
+        )
         if not best_plan:
             floor = self.settings.explore_floor
             if explore and floor > 0 and self.rng.random() < floor:
                 state.forced = True
                 self.n_forced += 1
+                why = f"{seen}; the exploration floor ({floor:.0%}) sends it to the top anyway"
+                state.decisions.append(Decision(self.top, "router", why, figures))
                 return self.top
+            state.decisions.append(Decision(None, "router", f"{seen}: stop", figures))
             return None
         cheap = [m for m in best_plan if m != self.top]
         if not cheap:
+            why = f"{seen}: run the top"
+            state.decisions.append(Decision(self.top, "router", why, figures))
             return self.top
 
         # The plan's most important cheap model runs first: the one whose absence
@@ -396,7 +441,10 @@ class CascadeRouter:
         def loss_without(m: int) -> float:
             return values[best_plan] - values[tuple(k for k in best_plan if k != m)]
 
-        return max(cheap, key=lambda m: (loss_without(m), -m))
+        chosen = max(cheap, key=lambda m: (loss_without(m), -m))
+        why = f"{seen}: run L{chosen + 1} first (the plan loses most without it)"
+        state.decisions.append(Decision(chosen, "router", why, figures))
+        return chosen
 
     def answer(self, state: RouteState) -> int:
         """The answer estimated best; among answers within `answer_margin` of the
