@@ -634,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help="debug logging, and a traceback for any error")  # fmt: skip
+    parser.add_argument("--log-json", action="store_true",
+                        help="logs as one JSON object per line")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stream requests through the cascade, one JSON answer each")
@@ -773,12 +775,31 @@ def build_parser() -> argparse.ArgumentParser:
         # Also after the command name, where people type it (SUPPRESS: not unset by it).
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="debug logging, and a traceback for any error")  # fmt: skip
+        command.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                             help="logs as one JSON object per line")  # fmt: skip
     parser.epilog = (
         "exit codes: 0 done; 1 a bug (--debug shows the traceback); 2 the command line; "
         "3 a config, input or state file; 4 a broker, model or server unavailable; "
         "130 interrupted"
     )
     return parser
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (time, level, logger, message, and the
+    traceback if any), for log collectors; control characters in a message
+    (a request id with a newline, say) cannot forge a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _report(error: BaseException) -> int:
@@ -816,11 +837,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     verbose = args.verbose or debug
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if getattr(args, "log_json", False):
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # httpx logs every HTTP call at INFO: one line per generation is noise.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:

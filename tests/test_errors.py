@@ -187,3 +187,20 @@ def test_a_bug_is_one_line_and_debug_shows_its_traceback(
     ]
     with pytest.raises(ZeroDivisionError):
         main(["state", "--state-dir", ".", "--debug"])
+
+
+def test_json_logs_are_one_object_per_line_whatever_the_message_holds() -> None:
+    import logging
+
+    from streamcascade.cli import JsonLogFormatter, build_parser
+
+    record = logging.LogRecord("streamcascade", logging.WARNING, __file__, 1,
+                               "request %s failed", ("id\nINFO forged line",), None)  # fmt: skip
+    line = JsonLogFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "WARNING"
+    assert entry["message"] == "request id\nINFO forged line failed"
+    # Accepted before or after the command, like --debug.
+    assert build_parser().parse_args(["serve", "--log-json"]).log_json is True
+    assert build_parser().parse_args(["--log-json", "state", "--state-dir", "."]).log_json is True
