@@ -156,8 +156,9 @@ def backend_fault_run(
     letter with its reason."""
     from streamcascade.config import AppConfig
     from streamcascade.service.broker import LocalKafka
+    from streamcascade.service.kafka_io import ensure_topics
     from streamcascade.service.tools import feed, follow
-    from streamcascade.service.worker import CascadeService, ensure_topics
+    from streamcascade.service.worker import CascadeService
 
     requests, solutions = recorded_humaneval(min(n_requests, 164))
     requests = [r.model_copy(update={"id": f"{r.id}#{i}"}) for i, r in enumerate(requests)]

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from streamcascade.config import KafkaConfig
 from streamcascade.service.broker import LocalKafka
+from streamcascade.service.kafka_io import client_settings, ensure_topics
 from streamcascade.service.tools import feed
-from streamcascade.service.worker import client_settings, ensure_topics
 
 log = logging.getLogger(__name__)
 

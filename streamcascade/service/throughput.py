@@ -161,8 +161,8 @@ def service_throughput(
     second (same stream, same broker) to measure what watching costs."""
     from streamcascade.config import KafkaConfig, SandboxConfig
     from streamcascade.service.broker import LocalKafka
+    from streamcascade.service.kafka_io import ensure_topics
     from streamcascade.service.tools import feed
-    from streamcascade.service.worker import ensure_topics
 
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="streamcascade-throughput-"))
     rng = random.Random(0)

@@ -11,7 +11,7 @@ from typing import Any
 
 from streamcascade.config import KafkaConfig
 from streamcascade.errors import Unavailable
-from streamcascade.service.worker import client_settings
+from streamcascade.service.kafka_io import client_settings
 
 
 def record_key(value: bytes) -> bytes | None:

@@ -33,7 +33,6 @@ events after it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -53,11 +52,30 @@ from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.snapshots import SnapshotMismatch
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_feedback, parse_request
+from streamcascade.service.kafka_io import (
+    MAX_MESSAGE_BYTES,
+    Stuck,
+    bounded,
+    client_settings,
+    close_at_once,
+    ensure_topics,
+    read_latest_state,
+    release_parked_records,
+)
 from streamcascade.service.observe import LiveState, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a learner snapshot can be large
+__all__ = [
+    "CascadeService",
+    "Engine",
+    "ServiceStats",
+    "client_settings",
+    "close_at_once",
+    "ensure_topics",
+    "read_latest_state",
+    "release_parked_records",
+]
 
 
 class Engine(Protocol):
@@ -115,145 +133,6 @@ def _reason(error: BaseException) -> str:
 
 class _BatchFailed(Exception):
     """The batch's outputs or offsets could not be written; it runs again."""
-
-
-class _Stuck(Exception):
-    """A Kafka call did not return in time."""
-
-
-def _bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Run a blocking client call with a time limit. kafka-python waits without
-    one on transactional calls, and one can hang for good after the broker
-    restarts (its cached coordinator is never refreshed); a daemon thread is
-    left behind then, never the service."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as error:
-            box["error"] = error
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
-    if not done.wait(timeout_s):
-        raise _Stuck(f"{what} took over {timeout_s} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def client_settings(config: KafkaConfig) -> dict[str, Any]:
-    """What every kafka-python client gets: the servers and the pass-through
-    settings (security and the like)."""
-    return {"bootstrap_servers": list(config.bootstrap_servers), **config.client}
-
-
-def ensure_topics(config: KafkaConfig) -> None:
-    """Create the service's topics when missing; the state topic is compacted."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    topics = config.topics
-    admin = KafkaAdminClient(**client_settings(config))
-    try:
-        existing = set(admin.list_topics())
-        wanted = []
-        for name in (topics.requests, topics.answers, topics.feedback, topics.deadletter):
-            if name not in existing:
-                wanted.append(NewTopic(name, config.partitions, config.replication_factor))
-        if topics.learning not in existing:
-            # One partition: every instance applies the events in the same order.
-            wanted.append(NewTopic(topics.learning, 1, config.replication_factor))
-        if topics.state not in existing:
-            wanted.append(
-                NewTopic(
-                    topics.state, 1, config.replication_factor,
-                    topic_configs={"cleanup.policy": "compact",
-                                   "max.message.bytes": str(_MAX_MESSAGE_BYTES)},
-                )
-            )  # fmt: skip
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another instance was first
-                admin.create_topics(wanted)
-            log.info("created topics %s", [t.name for t in wanted])
-    finally:
-        admin.close()
-
-
-def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
-    """The newest snapshot for this group in the state topic, or None."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        **client_settings(config),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=_MAX_MESSAGE_BYTES,
-        fetch_max_bytes=_MAX_MESSAGE_BYTES,
-    )
-    try:
-        partitions = consumer.partitions_for_topic(config.topics.state) or set()
-        assigned = [TopicPartition(config.topics.state, p) for p in partitions]
-        if not assigned:
-            return None
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        end = consumer.end_offsets(assigned)
-        latest: bytes | None = None
-        key = config.group_id.encode()
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < end[tp] for tp in assigned):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {config.topics.state} took over 60 s")
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    if record.key == key:
-                        latest = record.value  # None: a tombstone
-        if latest is None:
-            return None
-        snapshot: dict[str, Any] = json.loads(latest)
-        return snapshot
-    finally:
-        consumer.close()
-
-
-def close_at_once(producer: Any) -> None:
-    """Close a producer without waiting for its unsent records. kafka-python
-    3.0.12's `close(timeout=0)` flushes first and raises when records are
-    still unsent, before it force-closes its sender thread; that thread then
-    lives on until the records expire (`delivery_timeout_ms`, 2 min), and a
-    fault run's replacement producer crawled until it died. So the sender is
-    force-closed here when `close` gives up."""
-    try:
-        producer.close(timeout=0)
-    except Exception as error:  # a stuck producer's own errors are expected
-        log.debug("closing a producer: %r", error)
-        sender = getattr(producer, "_sender", None)
-        if sender is not None and sender.is_alive():
-            sender.force_close()
-
-
-def release_parked_records(consumer: Any) -> None:
-    """Work around a kafka-python 3.0.12 fetcher bug (its port of KAFKA-7548).
-
-    Records already fetched for a partition that gets paused are parked, and
-    the partition is not fetched again until they are handed back. They are
-    handed back only while the fetcher's in-line slot is None, but a drained
-    record set stays in that slot (empty, never None): once another
-    partition's records have been consumed, the parked partition is never
-    read again. That left one partition of a group unread for good after a
-    rebalance in the middle of a batch. Emptying a drained slot before each
-    poll lets the parked records back. A no-op on a fetcher without these
-    fields."""
-    fetcher = getattr(consumer, "_fetcher", None)
-    in_line = getattr(fetcher, "_next_partition_records", None)
-    if in_line is not None and not in_line and getattr(fetcher, "_paused_partition_records", None):
-        fetcher._next_partition_records = None  # type: ignore[union-attr]
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -395,7 +274,7 @@ class CascadeService:
             auto_offset_reset="latest",
             isolation_level="read_committed",
             max_poll_records=500,
-            max_partition_fetch_bytes=_MAX_MESSAGE_BYTES,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         )
         from kafka import TopicPartition
 
@@ -456,7 +335,7 @@ class CascadeService:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
-            "max_request_size": _MAX_MESSAGE_BYTES,
+            "max_request_size": MAX_MESSAGE_BYTES,
             "client_id": f"{self.instance_id}-producer",
         }
         if self.exactly_once:
@@ -727,10 +606,10 @@ class CascadeService:
                                   headers=output.headers)  # fmt: skip
                 if commit:
                     metadata = consumer.group_metadata()
-                    _bounded(lambda: producer.send_offsets_to_transaction(commit, metadata),
+                    bounded(lambda: producer.send_offsets_to_transaction(commit, metadata),
                              limit_s, "send-offsets")  # fmt: skip
-                _bounded(producer.commit_transaction, limit_s, "commit")
-            except _Stuck as error:
+                bounded(producer.commit_transaction, limit_s, "commit")
+            except Stuck as error:
                 self._replace_producer(str(error))
                 raise _BatchFailed(str(error)) from error
             except KafkaError as error:
@@ -763,8 +642,8 @@ class CascadeService:
         from kafka.errors import KafkaError
 
         try:
-            _bounded(self._producer.abort_transaction, self.config.transaction_timeout_s, "abort")
-        except (KafkaError, _Stuck) as error:
+            bounded(self._producer.abort_transaction, self.config.transaction_timeout_s, "abort")
+        except (KafkaError, Stuck) as error:
             self._replace_producer(f"aborting the transaction failed: {error!r}")
 
     def _rewind(self, first: dict[Any, int]) -> None:
@@ -878,12 +757,12 @@ class CascadeService:
                 producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
             ]
             if self.exactly_once:
-                _bounded(producer.commit_transaction, limit_s, "commit")
+                bounded(producer.commit_transaction, limit_s, "commit")
             else:
                 producer.flush(timeout=limit_s)
                 for future in futures:
                     future.get(timeout=limit_s)
-        except _Stuck as error:
+        except Stuck as error:
             self._replace_producer(str(error))
             raise _BatchFailed(str(error)) from error
         except KafkaError as error:
