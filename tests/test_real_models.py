@@ -70,8 +70,8 @@ def test_two_level_cascade_answers_humaneval_end_to_end(
 
 
 def test_backend_overhead_benchmark_runs(config: AppConfig) -> None:
+    from streamcascade.benchtools.perf import backend_overhead
     from streamcascade.models import resolve_model
-    from streamcascade.perf import backend_overhead
 
     name = "qwen2.5-coder-0.5b-instruct-q4_k_m"
     path = resolve_model(name, config.model_cache_dir, config.allow_hub_download)

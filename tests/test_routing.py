@@ -11,6 +11,7 @@ import pytest
 from test_cascade import REQUEST, RIGHT, TESTS, WRONG, ScriptedBackend, _level
 
 from streamcascade.backends.replay import ReplayBackendConfig
+from streamcascade.benchtools.routebench import Signals
 from streamcascade.cascade import CascadeEngine
 from streamcascade.cascade.online import Labeler
 from streamcascade.cascade.routed import RoutedCascadeEngine
@@ -24,7 +25,6 @@ from streamcascade.learning.routing import (
     RouterSettings,
     RouteState,
 )
-from streamcascade.routebench import Signals
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest, Feedback
 
@@ -223,7 +223,7 @@ def test_fixed_policy_stops_at_the_first_accepting_level() -> None:
 
 
 def test_pass_fail_rules_are_every_deterministic_policy() -> None:
-    from streamcascade.routebench import all_rules
+    from streamcascade.benchtools.routebench import all_rules
 
     # Two levels: run the top; or run level 0 and then stop or go up, on each outcome.
     assert sorted(map(str, all_rules(2))) == sorted(
@@ -248,7 +248,7 @@ def _rule_loss(rule: Any, task: Signals, mu: float) -> float:
 
 
 def test_the_ceiling_is_exact_where_it_can_be_worked_out_by_hand() -> None:
-    from streamcascade.routebench import hindsight_best
+    from streamcascade.benchtools.routebench import hindsight_best
 
     # Level 0 is right exactly when it passes; the top is always right.
     tasks = [
@@ -262,7 +262,7 @@ def test_the_ceiling_is_exact_where_it_can_be_worked_out_by_hand() -> None:
 
 
 def test_the_ceiling_is_at_least_as_good_as_every_pass_fail_rule() -> None:
-    from streamcascade.routebench import all_rules, hindsight_best
+    from streamcascade.benchtools.routebench import all_rules, hindsight_best
 
     rng = random.Random(3)
     for n_levels in (2, 3):
@@ -285,7 +285,7 @@ def test_the_ceiling_is_at_least_as_good_as_every_pass_fail_rule() -> None:
 
 
 def test_recovery_counts_requests_until_the_loss_stays_within_five_percent() -> None:
-    from streamcascade.routebench import recovery_requests
+    from streamcascade.benchtools.routebench import recovery_requests
 
     best = [1.0] * 10
     assert recovery_requests([1.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], best, 0) == 2
@@ -308,7 +308,7 @@ def test_a_snapshot_of_the_other_policy_is_refused_before_anything_changes() -> 
 
 
 def test_a_switched_level_answers_with_the_other_model_in_both_engines(sandbox: Sandbox) -> None:
-    from streamcascade.learnbench import SwitchLevel
+    from streamcascade.benchtools.learnbench import SwitchLevel
 
     before = _level(2, ScriptedBackend("mid", [RIGHT], []), sandbox, t_test_generations=0)
     after = _level(2, ScriptedBackend("mid", [WRONG], []), sandbox, t_test_generations=0)

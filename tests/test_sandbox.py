@@ -156,7 +156,7 @@ def test_run_many_keeps_order_and_uses_all_workers(sandbox: Sandbox) -> None:
 
 
 def test_throughput_benchmark_runs_and_reports_all_three_ways() -> None:
-    from streamcascade.perf import sandbox_throughput
+    from streamcascade.benchtools.perf import sandbox_throughput
 
     figures = sandbox_throughput(programs=4, asserts_per_program=5, naive_asserts=4)
     assert figures.batched_asserts_per_s > 0

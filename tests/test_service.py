@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import OffsetAndMetadata
 
+from streamcascade.benchtools.faults import replay_config as shared_replay_config
+from streamcascade.benchtools.faults import request_value
 from streamcascade.cascade.build import build_engine
 from streamcascade.config import AppConfig, KafkaConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 from streamcascade.service.broker import LocalKafka
-from streamcascade.service.faults import replay_config as shared_replay_config
-from streamcascade.service.faults import request_value
 from streamcascade.service.tools import feed, follow
 from streamcascade.service.worker import (
     CascadeService,
@@ -361,7 +361,7 @@ def test_slow_levels_keep_the_group_membership_and_stop_hands_back_work(
 
 
 def test_throughput_bench_runs_both_paths_on_the_same_stream(tmp_path: Path) -> None:
-    from streamcascade.service.throughput import service_throughput
+    from streamcascade.benchtools.throughput import service_throughput
 
     report = service_throughput(n_requests=2000, n_warmup=300, work_dir=tmp_path)
     print("\n" + report.table())  # the figures; `streamcascade perf service` is the benchmark

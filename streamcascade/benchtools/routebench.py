@@ -29,10 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcascade.cascade.level import Level
-from streamcascade.cascade.routed import RoutedCascadeEngine
-from streamcascade.config import LearningConfig
-from streamcascade.learnbench import (
+from streamcascade.benchtools.learnbench import (
     LadderLearnReport,
     LadderWorld,
     StreamResult,
@@ -42,6 +39,9 @@ from streamcascade.learnbench import (
     plot_regret,
     summarise,
 )
+from streamcascade.cascade.level import Level
+from streamcascade.cascade.routed import RoutedCascadeEngine
+from streamcascade.config import LearningConfig
 from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.learning.routing import Observation, RouteState
 from streamcascade.schemas import CodeRequest, Feedback

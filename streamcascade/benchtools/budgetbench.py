@@ -298,7 +298,7 @@ def service_budget(
     The first `validation_requests` requests sweep every arm and go to GPT-4."""
     from streamcascade.backends import BackendPool
     from streamcascade.backends.replay import ReplayBackendConfig
-    from streamcascade.bench import CachingLevel
+    from streamcascade.benchtools.bench import CachingLevel
     from streamcascade.cascade import Level
     from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
     from streamcascade.config import BudgetArmsConfig, LearningConfig, LevelConfig

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcascade.bench import caching_levels
+from streamcascade.benchtools.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
