@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
@@ -802,6 +803,32 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x9b]")
+
+
+def escape_controls(text: str) -> str:
+    r"""Control characters as escapes: a value from a request (an id with a
+    newline or a terminal escape code) can neither forge a log line nor drive
+    the reader's terminal.
+
+    >>> escape_controls("r1\nINFO forged\x1b[2J")
+    'r1\\nINFO forged\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class PlainLogFormatter(logging.Formatter):
+    """Time, level, logger and message on one line; the message's control
+    characters escaped (tracebacks, from --debug, keep their lines)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def _report(error: BaseException) -> int:
     """One or two lines for an error, and its exit code (see `streamcascade.errors`)."""
     from streamcascade.learning.snapshots import NoSuchSnapshot, SnapshotMismatch
@@ -841,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "log_json", False):
         handler.setFormatter(JsonLogFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainLogFormatter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # httpx logs every HTTP call at INFO: one line per generation is noise.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -11,7 +11,8 @@ import pytest
 
 from streamcascade.config import SandboxConfig
 from streamcascade.sandbox import Sandbox
-from streamcascade.sandbox.runner import _BASE_UID, _processes_of_uid
+from streamcascade.sandbox.leases import BASE_UID
+from streamcascade.sandbox.runner import _processes_of_uid
 
 GOOD = "def f(x):\n    return x + 1\n"
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
@@ -79,7 +80,9 @@ def test_fork_bomb_is_contained_and_cleaned_up() -> None:
         result = box.run(program, ["bomb()"])
         assert time.monotonic() - started < 30
         assert result.test_status[0] in ("timed out", "not run")
-        assert _processes_of_uid(_BASE_UID) == []  # nothing of the slot survives
+        uid = result.isolation["uid"]
+        assert isinstance(uid, int) and uid >= BASE_UID
+        assert _processes_of_uid(uid) == []  # nothing of the slot survives
         assert box.run(GOOD, ["assert f(1) == 2"]).passed == [True]
 
 

@@ -6,9 +6,11 @@ compared on probe inputs: the arguments of every call to the entry point in
 the request's tests, plus mutations of them (neighbouring numbers, reversed,
 shortened and empty sequences, ...), because the tests a level already passed
 cannot tell two passing programs apart. Both programs run every probe in the
-sandbox; a probe reports a digest of the (normalised) return value, so outputs
-of any size compare exactly. Probes on which the higher answer raises or times
-out say nothing and are skipped.
+sandbox, which copies each return value out as plain data (`Sandbox.values`),
+and the values are compared here, not inside the process that ran the
+program: a program cannot forge agreement. Probes on which the higher answer
+raises, times out or returns something that is not plain data (or over 1 MB)
+say nothing and are skipped.
 """
 
 from __future__ import annotations
@@ -21,24 +23,22 @@ from typing import Any
 
 from streamcascade.sandbox import Sandbox
 
-# Defined inside each probe, so the probe needs nothing from the program but the
-# entry point. Floats are rounded and sets sorted: harmless differences (float
-# noise, per-process string hash order) must not count as disagreement.
-_PROBE = """\
-import hashlib as _sc_hashlib
-def _sc_norm(v):
-    if isinstance(v, float):
-        return round(v, 6)
-    if isinstance(v, (list, tuple)):
-        return type(v)(_sc_norm(x) for x in v)
-    if isinstance(v, (set, frozenset)):
-        return sorted(repr(_sc_norm(x)) for x in v)
-    if isinstance(v, dict):
-        return sorted((repr(k), repr(_sc_norm(x))) for k, x in v.items())
-    return v
-assert False, "value " + _sc_hashlib.sha256(repr(_sc_norm({call})).encode()).hexdigest()[:20]
-"""
-_VALUE = "failed: AssertionError: value "
+
+def normalised(value: Any) -> Any:
+    """A plain value with harmless differences removed: floats rounded (noise),
+    sets and dicts in a fixed order (per-process string hash order)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (list, tuple)):
+        return type(value)(normalised(x) for x in value)
+    if isinstance(value, (set, frozenset)):
+        return ("set", sorted(repr(normalised(x)) for x in value))
+    if isinstance(value, dict):
+        return (
+            "dict",
+            sorted((repr(normalised(k)), repr(normalised(v))) for k, v in value.items()),
+        )
+    return value
 
 
 def _mutations(value: Any) -> list[Any]:
@@ -106,10 +106,6 @@ def probe_calls(
     return (originals + mutated)[:max_probes]
 
 
-def probes(calls: Sequence[str]) -> list[str]:
-    return [_PROBE.format(call=call) for call in calls]
-
-
 def agreement(
     sandbox: Sandbox, reference_code: str, candidate_code: str, calls: Sequence[str]
 ) -> bool | None:
@@ -122,14 +118,16 @@ def agreement(
         return False
     if candidate_code == reference_code:
         return True
-    reference, candidate = sandbox.run_many(
-        [(reference_code, probes(calls)), (candidate_code, probes(calls))]
-    )
+    reference, candidate = sandbox.values_many([(reference_code, calls), (candidate_code, calls)])
     if reference.load_status != "ok":
         return None
-    informative = [i for i, s in enumerate(reference.test_status) if s.startswith(_VALUE)]
+    informative = [i for i, s in enumerate(reference.test_status) if s == "ran"]
     if not informative:
         return None
     if candidate.load_status != "ok":
         return False
-    return all(candidate.test_status[i] == reference.test_status[i] for i in informative)
+    return all(
+        candidate.test_status[i] == "ran"
+        and normalised(candidate.values[i]) == normalised(reference.values[i])
+        for i in informative
+    )

@@ -31,6 +31,8 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+MS_NOEXEC = 8
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -95,9 +97,14 @@ def _expose(paths: set[str], libc: ctypes.CDLL) -> None:
 
 def _isolate(job: Job, libc: ctypes.CDLL, report: Report) -> dict[str, Any]:
     """Namespaces and mounts. Each step that the kernel refuses is reported, not fatal."""
-    isolation: dict[str, Any] = {"network": False, "filesystem": False, "uid": os.getuid()}
+    isolation: dict[str, Any] = {
+        "network": False, "filesystem": False, "ipc": False, "uid": os.getuid()
+    }  # fmt: skip
     root = os.geteuid() == 0
-    flags = CLONE_NEWNS | (CLONE_NEWNET if job["isolate_network"] else 0)
+    # A private IPC namespace: System V shared memory, queues and semaphores
+    # (which no file or pid namespace covers) die with the run and never
+    # reach the host or the next run on the slot.
+    flags = CLONE_NEWNS | CLONE_NEWIPC | (CLONE_NEWNET if job["isolate_network"] else 0)
     try:
         if not root:
             # An unprivileged user namespace gives us the rights for the rest.
@@ -112,6 +119,7 @@ def _isolate(job: Job, libc: ctypes.CDLL, report: Report) -> dict[str, Any]:
         else:
             _check(libc.unshare(flags), "unshare")
         isolation["network"] = bool(job["isolate_network"])
+        isolation["ipc"] = True
         _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         workdir = job["workdir"].encode()
         opts = f"size={job['tmpfs_mb']}m,mode=0700"
@@ -145,6 +153,11 @@ def _enter_pid_namespace(libc: ctypes.CDLL, isolation: dict[str, Any]) -> None:
     isolation["pid_namespace"] = True
     pid = os.fork()
     if pid == 0:
+        # A /proc of this namespace: the host's processes and their command
+        # lines are no longer listed. Private to our mount namespace.
+        isolation["proc"] = (
+            libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
+        )
         return
     _, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
@@ -185,9 +198,76 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text[:200]}" if text else name
+    """The exception as one short line. The program chose the exception, so its
+    `__str__` (or a metaclass's `__name__`) may raise or return anything."""
+    try:
+        name = type(exc).__name__
+        name = name if isinstance(name, str) else "Exception"
+    except BaseException:
+        name = "Exception"
+    try:
+        text = str(exc)
+        text = text if type(text) is str else ""
+    except BaseException:
+        text = "<unprintable>"
+    return f"{name[:100]}: {text[:200]}" if text else name[:100]
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_TYPE_NAME = type.__dict__["__name__"]  # the C getter: a metaclass cannot fake it
+
+
+def _plain(value: Any, budget: list[int], depth: int) -> Any:
+    """`value` as JSON-ready plain data, or _NotPlain. Only the built-in types'
+    own C methods run here, never the program's: a subclass's `__eq__`,
+    `__iter__` or `__repr__` is not called, and what comes out is a copy made
+    of exact built-in types (see `streamcascade.sandbox.verdicts`)."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 100:
+        raise _NotPlain("value too large or too deep")
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if issubclass(kind, int):
+        return int.__index__(value)  # an exact int, whatever the subclass overrides
+    if issubclass(kind, float):
+        return float.__mul__(value, 1.0)
+    if issubclass(kind, str):
+        return str.__str__(value)
+    if issubclass(kind, (bytes, bytearray)):
+        return {"b": bytes.hex(value)}
+    if issubclass(kind, complex):
+        parts = complex.__getattribute__(value, "real"), complex.__getattribute__(value, "imag")
+        return {"c": list(parts)}
+    if issubclass(kind, list):
+        return [_plain(x, budget, depth + 1) for x in list.copy(value)]
+    if issubclass(kind, tuple):
+        return {"t": [_plain(x, budget, depth + 1) for x in tuple.__getitem__(value, slice(None))]}
+    if issubclass(kind, dict):
+        return {"d": [[_plain(k, budget, depth + 1), _plain(v, budget, depth + 1)]
+                      for k, v in list(dict.items(value))]}  # fmt: skip
+    if issubclass(kind, frozenset):
+        return {"fs": [_plain(x, budget, depth + 1) for x in list(frozenset.__iter__(value))]}
+    if issubclass(kind, set):
+        return {"s": [_plain(x, budget, depth + 1) for x in list(set.__iter__(value))]}
+    raise _NotPlain("not plain data: " + str(_TYPE_NAME.__get__(kind))[:80])
+
+
+def _values_of(test: dict[str, Any], scope: dict[str, Any], cap: int) -> list[Any]:
+    """Run the test's prelude, then evaluate each hole; their plain values."""
+    if test["prelude"]:
+        exec(compile(test["prelude"], "<test prelude>", "exec"), scope)
+    values = []
+    for hole in test["holes"]:
+        value = eval(compile(hole, "<test>", "eval"), scope)
+        values.append(_plain(value, [1_000_000], 0))
+    encoded = json.dumps(values)
+    if len(encoded) > cap:
+        raise _NotPlain(f"values over {cap} bytes")
+    return values
 
 
 def main() -> None:
@@ -201,7 +281,9 @@ def main() -> None:
             # The parent may reap us as soon as it reads this: output first.
             sys.stdout.flush()
             sys.stderr.flush()
-        out.write(json.dumps(event) + "\n")
+        # The leading newline ends whatever the program left unterminated on
+        # the pipe, so that junk cannot swallow this line.
+        out.write("\n" + json.dumps(event) + "\n")
 
     libc = _libc()
     isolation = _isolate(job, libc, report)
@@ -233,11 +315,19 @@ def main() -> None:
         return
 
     timeouts = 0
-    for index, test in enumerate(job["tests"]):
+    evals = job.get("evals") or [None] * len(job["tests"])
+    for index, (test, split) in enumerate(zip(job["tests"], evals, strict=True)):
         if timeouts >= job["max_timeouts"]:
             break  # a program that hangs once usually hangs again: spare the budget
         scope = dict(namespace)  # a test's assignments do not leak into the next
         try:
+            if split is not None:
+                # Only values go back: the parent holds the expected ones and judges.
+                signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
+                values = _values_of(split, scope, job["max_value_bytes"])
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                report({"event": "values", "index": index, "values": values})
+                continue
             code = compile(test, f"<test {index}>", "exec")
             signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
             exec(code, scope)

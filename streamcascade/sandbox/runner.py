@@ -4,8 +4,9 @@ limits, collects per-assert results, and cleans up whatever the child left.
 One child process runs one program against many asserts (a process start is
 the dominant cost; one per assert is what the throughput benchmark compares
 against). Children run in parallel on a pool of worker slots; as root, each
-slot has its own unprivileged uid, so a slot's leftovers (a fork bomb's
-children that left the process group) can be found and killed by uid.
+slot has its own unprivileged uid, leased host-wide (`leases`), so a slot's
+leftovers (a fork bomb's children that left the process group) can be found
+and killed by uid without touching any other sandbox's programs.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ from typing import IO
 
 from streamcascade.config import SandboxConfig
 from streamcascade.sandbox.compare import same_output
+from streamcascade.sandbox.leases import UidLease, UidLeaser, release_all
+from streamcascade.sandbox.verdicts import (
+    MAX_VALUE_BYTES,
+    BadValue,
+    TestPlan,
+    decode_value,
+    judge,
+    plan_test,
+)
 
 log = logging.getLogger(__name__)
 
 _HARNESS = Path(__file__).with_name("_harness.py")
 _STARTUP_GRACE_S = 10.0  # interpreter start + namespace setup on a loaded machine
 _GRACE_S = 1.0  # on top of the child's own per-test alarm
-# Unprivileged uids for sandbox slots; chosen far above login uids.
-_BASE_UID = 61_000
 
 
 class SandboxError(RuntimeError):
@@ -52,8 +60,13 @@ class ExecutionResult:
 
     `test_status[i]` is "passed", "failed: ...", "error: ...", "timed out" or
     "not run" (the child died or was killed before reaching it); for a program
-    run on inputs without expected outputs, "ran" where it ended normally.
+    run on inputs without expected outputs, or an expression evaluated for its
+    value, "ran" where it ended normally.
     `outputs[i]`: what the program printed on input i (programs only).
+    `trusted[i]`: test i was judged here, from plain values the child sent
+    (see `verdicts`); False: it ran the old way, judged inside the child,
+    where the program could have forged it.
+    `values[i]`: the plain value of expression i (`Sandbox.values` only).
     """
 
     load_status: str
@@ -64,6 +77,8 @@ class ExecutionResult:
     killed: bool = False
     isolation: dict[str, object] = field(default_factory=dict)
     outputs: list[str | None] = field(default_factory=list)
+    trusted: list[bool] = field(default_factory=list)
+    values: list[object] = field(default_factory=list)
 
     @property
     def passed(self) -> list[bool]:
@@ -125,6 +140,27 @@ def _kill_uid(uid: int) -> None:
     subprocess.run([sys.executable, "-I", "-c", code], check=False, capture_output=True)
 
 
+def _sweep_uid(uid: int) -> bool:
+    """Kill everything `uid` runs; True once nothing is left."""
+    for _ in range(10):  # a child forked during a sweep is caught by the next
+        if not _processes_of_uid(uid):
+            return True
+        _kill_uid(uid)
+        time.sleep(0.01)
+    return not _processes_of_uid(uid)
+
+
+def _clean_leased(uid: int) -> None:
+    """A uid just leased may still run what a dead holder left behind."""
+    if not _sweep_uid(uid):
+        raise SandboxError(f"sandbox uid {uid} still runs a dead holder's processes")
+
+
+_LEASER = UidLeaser(clean=_clean_leased)
+"""One per process: its mutex keeps this process's own sandboxes apart, the
+lock files keep it apart from other processes."""
+
+
 class Sandbox:
     """Runs untrusted Python programs against assert lines. Thread-safe.
 
@@ -141,6 +177,9 @@ class Sandbox:
         for slot in range(self._workers):
             self._slots.put(slot)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sandbox")
+        self._uids: dict[int, UidLease] = {}
+        """Slot -> its leased uid (as root), leased on the slot's first run."""
+        self._uid_mutex = threading.Lock()
 
     @property
     def workers(self) -> int:
@@ -148,6 +187,17 @@ class Sandbox:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        with self._uid_mutex:
+            release_all(self._uids)
+
+    def _uid_of(self, slot: int) -> int | None:
+        if not (self._as_root and self._config.drop_privileges):
+            return None
+        with self._uid_mutex:
+            lease = self._uids.get(slot)
+            if lease is None:
+                lease = self._uids[slot] = _LEASER.lease()
+            return lease.uid
 
     def __enter__(self) -> Sandbox:
         return self
@@ -166,6 +216,24 @@ class Sandbox:
             return self._run_in_slot(slot, program, list(tests))
         finally:
             self._slots.put(slot)
+
+    def values(self, program: str, expressions: Sequence[str]) -> ExecutionResult:
+        """Evaluate each expression (a call of the program's function, say)
+        after loading the program; `values[i]` is its value as plain data
+        (numbers, strings, lists, tuples, sets, dicts), copied out by the
+        built-in types' own methods, and `test_status[i]` "ran", or why not.
+        Nothing is judged in the child: what the values mean is the caller's."""
+        plans = [TestPlan("", [expression], []) for expression in expressions]
+        slot = self._slots.get()
+        try:
+            return self._run_in_slot(slot, program, [""] * len(plans), plans=plans)
+        finally:
+            self._slots.put(slot)
+
+    def values_many(self, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[ExecutionResult]:
+        """`values` for (program, expressions) pairs on all worker slots; in order."""
+        futures = [self._pool.submit(self.values, program, exprs) for program, exprs in jobs]
+        return [future.result() for future in futures]
 
     def run_program(self, program: str, inputs: Sequence[str]) -> ExecutionResult:
         """Run a whole program once per input, the input on its stdin; each
@@ -211,16 +279,37 @@ class Sandbox:
         return [future.result() for future in futures]
 
     def _run_in_slot(
-        self, slot: int, program: str, tests: list[str], inputs: list[str] | None = None
+        self,
+        slot: int,
+        program: str,
+        tests: list[str],
+        inputs: list[str] | None = None,
+        plans: list[TestPlan] | None = None,
     ) -> ExecutionResult:
         config = self._config
-        uid = _BASE_UID + slot if (self._as_root and config.drop_privileges) else None
+        uid = self._uid_of(slot)
+        if plans is None:
+            split = [plan_test(t) for t in tests] if inputs is None else []
+        else:
+            split = list(plans)
+        # A split test's text (with its expected values) never reaches the child.
+        sent_tests = (
+            [t if plan is None else "" for t, plan in zip(tests, split, strict=True)]
+            if split
+            else tests
+        )
+        evals = [
+            None if plan is None else {"prelude": plan.prelude, "holes": plan.holes}
+            for plan in split
+        ]
         workdir = tempfile.mkdtemp(prefix="streamcascade-sandbox-")
         read_fd, write_fd = os.pipe()
         started = time.perf_counter()
         job = {
             "program": program,
-            "tests": tests,
+            "tests": sent_tests,
+            "evals": evals,
+            "max_value_bytes": MAX_VALUE_BYTES,
             "inputs": inputs,
             "max_case_output_bytes": config.max_output_bytes,
             "result_fd": write_fd,
@@ -269,15 +358,27 @@ class Sandbox:
         n_cases = len(inputs) if inputs is not None else len(tests)
         statuses = ["not run"] * n_cases
         outputs: list[str | None] = [None] * (n_cases if inputs is not None else 0)
+        values: list[object] = [None] * (n_cases if plans is not None else 0)
         isolation: dict[str, object] = {}
         killed = False
         buffer = b""
-        # The deadline moves with progress: each step gets its own budget.
+        skipping_line = False  # the rest of an over-long line is dropped
+        n_lines = 0
+        max_lines = 2 * n_cases + 16  # ready, loaded, done, warnings, one event per case
+        # a case's stdout, JSON-escaped, or a test's values
+        max_line_bytes = max(8 * config.max_output_bytes, MAX_VALUE_BYTES) + 65_536
+        # The deadline moves with progress (each step gets its own budget), but
+        # never past the whole run's: a program writing status lines cannot
+        # hold the runner longer than every step timing out in turn would.
+        absolute_deadline = (
+            time.monotonic() + _STARTUP_GRACE_S + config.program_timeout_s
+            + config.per_test_timeout_s * max(n_cases, 1) + 2 * _GRACE_S
+        )  # fmt: skip
         deadline = time.monotonic() + _STARTUP_GRACE_S
         done = False
         with os.fdopen(read_fd, "rb", buffering=0) as results:
             while not done:
-                remaining = deadline - time.monotonic()
+                remaining = min(deadline, absolute_deadline) - time.monotonic()
                 if remaining <= 0:
                     killed = True
                     break
@@ -288,8 +389,21 @@ class Sandbox:
                 if not chunk:
                     break  # the child closed the pipe: exited or died
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                while True:
+                    cut = buffer.find(b"\n")
+                    if cut < 0:
+                        if len(buffer) > max_line_bytes:
+                            buffer, skipping_line = b"", True
+                        break
+                    line, buffer = buffer[:cut], buffer[cut + 1 :]
+                    if skipping_line:
+                        skipping_line = False
+                        continue
+                    if not line:
+                        continue  # the harness starts each event on a fresh line
+                    n_lines += 1
+                    if n_lines > max_lines:
+                        continue  # a flood of lines: nothing more is read from it
                     try:
                         event = json.loads(line)
                         kind = event["event"]
@@ -299,19 +413,35 @@ class Sandbox:
                         isolation = dict(event.get("isolation", {}))
                         deadline = time.monotonic() + config.program_timeout_s + _GRACE_S
                     elif kind == "isolation_error":
-                        log.warning("sandbox isolation incomplete: %s", event.get("error"))
+                        log.warning("sandbox isolation incomplete: %r", event.get("error"))
                     elif kind == "loaded":
                         load_status = str(event.get("status"))
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
                         if load_status != "ok":
                             done = True
+                    elif kind == "values":
+                        index = event.get("index")
+                        if isinstance(index, int) and 0 <= index < len(split):
+                            plan = split[index]
+                            if plan is not None and statuses[index] == "not run":
+                                statuses[index] = self._judged(plan, event, values, index)
+                                deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
                     elif kind in ("test", "case"):
                         index = event.get("index")
-                        if isinstance(index, int) and 0 <= index < n_cases:
-                            statuses[index] = str(event.get("status"))
+                        status = str(event.get("status"))
+                        if (
+                            isinstance(index, int)
+                            and 0 <= index < n_cases
+                            # A split test passes only by the parent's judgement.
+                            and not (index < len(split) and split[index] is not None
+                                     and status == "passed")
+                        ):  # fmt: skip
+                            first_report = statuses[index] == "not run"
+                            statuses[index] = status
                             if kind == "case" and inputs is not None:
                                 outputs[index] = str(event.get("stdout", ""))
-                        deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
+                            if first_report:
+                                deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
                     elif kind == "done":
                         done = True
         if killed:
@@ -340,7 +470,25 @@ class Sandbox:
             killed=killed,
             isolation=isolation,
             outputs=outputs,
+            trusted=[plan is not None for plan in split],
+            values=values,
         )
+
+    @staticmethod
+    def _judged(plan: TestPlan, event: dict[str, object], values: list[object], index: int) -> str:
+        """The status of a split test from the values the child sent."""
+        raw = event.get("values")
+        if not isinstance(raw, list) or len(raw) != len(plan.holes):
+            return "error: malformed values from the sandbox"
+        try:
+            decoded = [decode_value(v) for v in raw]
+        except (BadValue, RecursionError) as error:
+            return f"error: {error}"
+        if not plan.asserts:  # an expression asked for its value
+            if values:
+                values[index] = decoded[0]
+            return "ran"
+        return judge(plan, decoded)
 
     def _reap(self, child: subprocess.Popen[bytes], uid: int | None) -> None:
         """Kill the child's process group and, as root, everything its uid still runs."""
@@ -349,11 +497,5 @@ class Sandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
-        if uid is None:
-            return
-        for _ in range(10):  # a child forked during a sweep is caught by the next
-            if not _processes_of_uid(uid):
-                return
-            _kill_uid(uid)
-            time.sleep(0.01)
-        log.error("sandbox uid %d still has processes after 10 sweeps", uid)
+        if uid is not None and not _sweep_uid(uid):
+            log.error("sandbox uid %d still has processes after 10 sweeps", uid)

@@ -1,0 +1,225 @@
+"""Verdicts a program cannot forge (issue 13, item 2): the parent splits each
+assert into the calls the child evaluates and the comparison it makes itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamcascade.config import SandboxConfig
+from streamcascade.evaluation import grade_many
+from streamcascade.learning.imitation import agreement
+from streamcascade.sandbox import Sandbox
+from streamcascade.sandbox.verdicts import BadValue, decode_value, judge, plan_test
+from streamcascade.schemas import CodeRequest
+
+# -- splitting, in the parent alone ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("test", "holes"),
+    [
+        ("assert f(1) == 2", ["f(1)"]),
+        ("assert 2 == f(1), 'message'", ["f(1)"]),
+        ("assert not f([])", ["f([])"]),
+        ("assert f('a') in ['a', 'b']", ["f('a')"]),
+        ("assert abs(f(1.5) - 2.25) < 1e-06", ["f(1.5)"]),
+        ("assert math.isclose(f(2), 4.0, rel_tol=0.001)", ["f(2)"]),
+        ("assert set(f([1, 2])) == set([2, 1])", ["f([1, 2])"]),
+        ("assert f(1)[0] == 3", ["f(1)[0]"]),
+        ("assert f(1) == 2 and f(2) == 3", ["f(1)", "f(2)"]),
+        ("assert f(1) is None", ["f(1)"]),
+    ],
+)
+def test_common_assert_shapes_split_into_holes(test: str, holes: list[str]) -> None:
+    plan = plan_test(test)
+    assert plan is not None
+    assert plan.holes == holes
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        "for x in range(3): assert f(x) == x",
+        "x = f(1)\nassert x == 2",
+        "assert all(f(x) == x for x in range(3))",
+        "assert f(lambda y: y == 1)",
+        "f(1)",
+        "assert True",
+        "assert (",
+    ],
+)
+def test_other_tests_run_the_old_way(test: str) -> None:
+    assert plan_test(test) is None
+
+
+def test_a_humaneval_check_function_splits_with_candidate_renamed() -> None:
+    code = (
+        'METADATA = {"author": "jt"}\n\n'
+        "def check(candidate):\n"
+        "    import math\n"
+        "    assert candidate([1, 2]) == 3\n"
+        "    assert True, 'debugging'\n"
+        "    assert abs(candidate([0.5]) - 0.5) < 1e-6\n\n"
+        "check(add)\n"
+    )
+    plan = plan_test(code)
+    assert plan is not None
+    assert plan.prelude == "import math"
+    assert plan.holes == ["add([1, 2])", "add([0.5])"]
+    assert judge(plan, [3, 0.5]) == "passed"
+    assert judge(plan, [3, 0.6]) == "failed: AssertionError"
+
+
+def test_a_check_function_calling_itself_is_not_split() -> None:
+    """MBPP/56's test calls `check(70)` inside `check`: run the old way, that
+    recursion fails; split, it would call the program's own `check`."""
+    code = "def check(candidate):\n    assert check(70) == False\ncheck(rev)\n"
+    assert plan_test(code) is None
+    assert plan_test("M = 3\nassert f(M) == 1") is None
+
+
+def test_the_judge_keeps_pythons_semantics() -> None:
+    plan = plan_test("assert f(1) == 2")
+    assert plan is not None
+    assert judge(plan, [2.0]) == "passed"
+    assert judge(plan, [True]) == "failed: AssertionError"
+    ordered = plan_test("assert f(1) < 3")
+    assert ordered is not None
+    assert judge(ordered, [None]).startswith("error: TypeError")
+
+
+def test_the_judge_does_no_unbounded_arithmetic() -> None:
+    plan = plan_test("assert f(1) * 10 == 20")
+    assert plan is not None
+    assert judge(plan, [[0]]).startswith("error: TypeError")  # no list * int here
+    assert judge(plan, [10**200]).startswith("error: OverflowError")
+
+
+def test_malformed_values_are_refused() -> None:
+    assert decode_value({"t": [1, {"s": [2]}]}) == (1, {2})
+    for bad in ({"x": 1}, {"s": [[1]]}, {"t": 1, "s": 2}, {"d": [[1]]}):
+        with pytest.raises(BadValue):
+            decode_value(bad)
+
+
+# -- forged passes, in a real sandbox ---------------------------------------------
+
+WRONG = "def f(x):\n    return 'wrong'\n"
+FORGERIES = {
+    "always-equal object": (
+        "class Yes:\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = object.__hash__\n"
+        "def f(x):\n"
+        "    return Yes()\n"
+    ),
+    "frame walk rewriting the tests": (
+        "import sys\n"
+        "def f(x):\n"
+        "    frame = sys._getframe(1)\n"
+        "    while frame is not None:\n"
+        "        job = frame.f_locals.get('job')\n"
+        "        if isinstance(job, dict):\n"
+        "            job['tests'] = ['pass'] * len(job['tests'])\n"
+        "            job['evals'] = [None] * len(job['tests'])\n"
+        "        frame = frame.f_back\n"
+        "    return 'wrong'\n"
+    ),
+    "result lines written to the pipe": (
+        "import os\n"
+        "def f(x):\n"
+        '    line = b\'{"event": "test", "index": 0, "status": "passed"}\\n\'\n'
+        '    line += b\'{"event": "done"}\\n\'\n'
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, line)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+    ),
+    "patched json.dumps": (
+        "import json, sys\n"
+        "_real = json.dumps\n"
+        "def _fake(obj, *a, **k):\n"
+        "    if isinstance(obj, dict) and obj.get('event') == 'test':\n"
+        "        obj = dict(obj, status='passed')\n"
+        "    return _real(obj, *a, **k)\n"
+        "json.dumps = _fake\n"
+        "sys.modules['__main__'].json.dumps = _fake\n"
+        "def f(x):\n"
+        "    return 'wrong'\n"
+    ),
+    # A forger that patches compile can make a call's value anything it
+    # guesses, no more than a function returning a constant could; what it
+    # can no longer do is turn the tests into `pass`.
+    "patched compile": (
+        "import builtins\n"
+        "_real = builtins.compile\n"
+        "builtins.compile = lambda src, name, mode, *a, **k: _real("
+        "'pass' if mode == 'exec' else repr('wrong'), name, mode, *a, **k)\n"
+        "def f(x):\n"
+        "    return 'wrong'\n"
+    ),
+    "an int subclass equal to everything": (
+        "class Int(int):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def f(x):\n"
+        "    return Int(7)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def box() -> Sandbox:
+    with Sandbox(SandboxConfig(workers=2, per_test_timeout_s=2.0)) as sandbox:
+        yield sandbox
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_no_forgery_passes_a_split_test(box: Sandbox, name: str) -> None:
+    result = box.run(FORGERIES[name], ["assert f(1) == 2", "assert f(2) == 3"])
+    assert result.trusted == [True, True]
+    assert not any(result.passed), result.test_status
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_no_forgery_passes_hidden_tests(box: Sandbox, name: str) -> None:
+    request = CodeRequest(
+        id="r",
+        prompt="def f(x):\n    '''x + 1'''\n",
+        entry_point="f",
+        reference_tests="def check(candidate):\n    assert candidate(1) == 2\n",
+    )
+    assert grade_many(box, [(request, FORGERIES[name])]) == [False]
+
+
+def test_a_right_program_still_passes(box: Sandbox) -> None:
+    right = "def f(x):\n    return x + 1\n"
+    result = box.run(right, ["assert f(1) == 2", "assert f(2) == 4", "x = f(1)\nassert x == 2"])
+    assert result.test_status == ["passed", "failed: AssertionError", "passed"]
+    assert result.trusted == [True, True, False]
+
+
+def test_values_come_back_as_plain_data(box: Sandbox) -> None:
+    program = (
+        "from collections import OrderedDict, namedtuple\n"
+        "P = namedtuple('P', 'x y')\n"
+        "def f(x):\n"
+        "    return [x, (x, 'a'), {x}, OrderedDict(a=x), P(1, 2), 1.5, None, True, b'z']\n"
+        "def g():\n"
+        "    return object()\n"
+    )
+    result = box.values(program, ["f(1)", "g()", "h()"])
+    assert result.test_status[0] == "ran"
+    assert result.values[0] == [1, (1, "a"), {1}, {"a": 1}, (1, 2), 1.5, None, True, b"z"]
+    assert result.test_status[1].startswith("error: _NotPlain: not plain data: object")
+    assert result.test_status[2].startswith("error: NameError")
+
+
+def test_imitation_cannot_be_forged_by_a_program_that_is_equal_to_everything(box: Sandbox) -> None:
+    reference = "def f(x):\n    return x + 1\n"
+    assert agreement(box, reference, FORGERIES["always-equal object"], ["f(1)", "f(2)"]) is False
+    assert agreement(box, reference, "def f(x):\n    return 1 + x\n", ["f(1)", "f(2)"]) is True
