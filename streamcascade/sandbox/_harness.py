@@ -1,10 +1,11 @@
 """Child side of the sandbox. Runs as `python -I _harness.py` in a new session.
 
-Trusted code runs first: it reads its job from stdin, isolates itself (network
-and mount namespaces, a private size-limited tmpfs as its working dir, a
-read-only view of every other mount), sets resource limits, drops to an
-unprivileged uid, and only then executes the untrusted program and its asserts,
-one result line per assert on the result pipe (fd given in the job).
+Trusted code runs first: it reads its job from stdin, isolates itself (network,
+IPC, mount and pid namespaces; a minimal root holding the shared libraries,
+the standard library and a private size- and inode-limited /tmp), sets
+resource limits, drops to an unprivileged uid, and only then executes the
+untrusted program and its asserts, one result line per assert on the result
+pipe (fd given in the job).
 
 Standard library only, and no imports from streamcascade: this file is run by
 path, and nothing the untrusted code can reach should matter to the parent.
@@ -18,7 +19,6 @@ import json
 import os
 import resource
 import signal
-import stat
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -50,6 +50,8 @@ class _TestTimeout(BaseException):
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_char_p]
     return libc
 
 
@@ -59,44 +61,69 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _expose(paths: set[str], libc: ctypes.CDLL) -> None:
-    """Once privileges drop, the interpreter's own files must stay readable. Where
-    one of `paths` lies below a directory others may not enter (a home dir such as
-    /root), that directory is covered by an empty tmpfs (hiding the rest of it)
-    and only `paths` are bind-mounted back, read-only like everything else."""
-    covered: dict[str, list[str]] = {}
-    for path in paths:
-        parts = os.path.abspath(path).split(os.sep)[1:]
-        for depth in range(1, len(parts)):
-            ancestor = os.sep + os.sep.join(parts[:depth])
-            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
-                covered.setdefault(ancestor, []).append(os.path.abspath(path))
-                break
-    for ancestor, inside in covered.items():
-        handles = [(target, os.open(target, os.O_PATH)) for target in sorted(set(inside))]
-        _check(
-            libc.mount(
-                b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"
-            ),
-            f"cover {ancestor}",
-        )
-        for target, handle in handles:
-            os.makedirs(target, exist_ok=True)
-            _check(
-                libc.mount(
-                    f"/proc/self/fd/{handle}".encode(),
-                    target.encode(),
-                    None,
-                    MS_BIND | MS_REC,
-                    None,
-                ),
-                f"expose {target}",
-            )
-            os.close(handle)
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+MNT_DETACH = 2
+
+
+def _bind_read_only(libc: ctypes.CDLL, source: str, target: str) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "a"):
+            pass
+    _check(libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None),
+           f"bind {source}")  # fmt: skip
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+    _check(libc.mount(None, target.encode(), None, flags, None), f"read-only {source}")
+
+
+def _minimal_root(job: Job, libc: ctypes.CDLL, root: bool) -> None:
+    """Pivot into a root that holds only what a program needs: the shared
+    libraries, the interpreter's standard library, the packages the config
+    names, four devices, a private /tmp with size and inode limits, and an
+    empty /proc for the pid namespace. Nothing else of the host (the project,
+    the venv's other packages, data files, path sockets) exists in it."""
+    new = job["workdir"]
+    _check(libc.mount(b"tmpfs", new.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                      b"size=1m,mode=0755"), "root tmpfs")  # fmt: skip
+    for path in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/lib", "/lib64"):
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), new + path)
+        elif os.path.isdir(path):
+            _bind_read_only(libc, path, new + path)
+    for path in job["expose"]:
+        if not os.path.lexists(new + path):  # not already inside a bound directory
+            _bind_read_only(libc, path, new + path)
+    for hidden in job["hide"]:  # the base interpreter's own site-packages
+        if os.path.isdir(new + hidden):
+            flags = MS_NOSUID | MS_NODEV | MS_RDONLY
+            target = (new + hidden).encode()
+            _check(libc.mount(b"tmpfs", target, b"tmpfs", flags, b"size=4k"), f"hide {hidden}")
+    for device in ("null", "zero", "random", "urandom"):
+        _bind_read_only(libc, "/dev/" + device, f"{new}/dev/{device}")
+    os.makedirs(new + "/proc")
+    os.makedirs(new + "/tmp")
+    opts = f"size={job['tmpfs_mb']}m,nr_inodes={job['tmpfs_inodes']},mode=0700"
+    if root and job["uid"] is not None:
+        opts += f",uid={job['uid']},gid={job['uid']}"
+    _check(libc.mount(b"tmpfs", (new + "/tmp").encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                      opts.encode()), "tmp")  # fmt: skip
+    os.makedirs(new + "/.old")
+    number = _PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(0, f"pivot_root: unknown machine {os.uname().machine}")
+    _check(libc.syscall(number, new.encode(), (new + "/.old").encode()), "pivot_root")
+    os.chdir("/")
+    _check(libc.umount2(b"/.old", MNT_DETACH), "detach the host root")
+    os.rmdir("/.old")
+    _check(libc.mount(None, b"/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None),
+           "read-only root")  # fmt: skip
 
 
 def _isolate(job: Job, libc: ctypes.CDLL, report: Report) -> dict[str, Any]:
-    """Namespaces and mounts. Each step that the kernel refuses is reported, not fatal."""
+    """Namespaces and mounts. A step the kernel refuses is reported; the
+    parent decides whether the run may go on without it."""
     isolation: dict[str, Any] = {
         "network": False, "filesystem": False, "ipc": False, "uid": os.getuid()
     }  # fmt: skip
@@ -121,22 +148,7 @@ def _isolate(job: Job, libc: ctypes.CDLL, report: Report) -> dict[str, Any]:
         isolation["network"] = bool(job["isolate_network"])
         isolation["ipc"] = True
         _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        workdir = job["workdir"].encode()
-        opts = f"size={job['tmpfs_mb']}m,mode=0700"
-        if root and job["uid"] is not None:
-            opts += f",uid={job['uid']},gid={job['uid']}"
-        _check(
-            libc.mount(b"tmpfs", workdir, b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "tmpfs"
-        )
-        if root and job["uid"] is not None:
-            _expose({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}, libc)
-        with open("/proc/self/mounts") as f:
-            points = [line.split()[1].encode().decode("unicode_escape") for line in f]
-        for point in points:
-            if point == job["workdir"] or point.startswith(("/proc", "/sys")):
-                continue
-            # Per-mount read-only flag: affects only this namespace's view.
-            libc.mount(None, point.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+        _minimal_root(job, libc, root)
         isolation["filesystem"] = True
     except OSError as exc:
         report({"event": "isolation_error", "error": str(exc)})
@@ -288,9 +300,10 @@ def main() -> None:
     libc = _libc()
     isolation = _isolate(job, libc, report)
     _enter_pid_namespace(libc, isolation)
-    os.chdir(job["workdir"])
+    home = "/tmp" if isolation["filesystem"] else job["workdir"]
+    os.chdir(home)
     os.environ.clear()
-    os.environ.update({"HOME": job["workdir"], "TMPDIR": job["workdir"], "PATH": "/usr/bin:/bin"})
+    os.environ.update({"HOME": home, "TMPDIR": home, "PATH": "/usr/bin:/bin"})
     _limit(job)
     _drop_privileges(job, libc)
     isolation["uid"] = os.getuid()

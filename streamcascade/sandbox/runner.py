@@ -12,6 +12,9 @@ and killed by uid without touching any other sandbox's programs.
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
+import importlib.util
 import json
 import logging
 import os
@@ -21,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from streamcascade.config import SandboxConfig
+from streamcascade.sandbox.cgroups import CgroupError, RunCgroup
 from streamcascade.sandbox.compare import same_output
 from streamcascade.sandbox.leases import UidLease, UidLeaser, release_all
 from streamcascade.sandbox.verdicts import (
@@ -115,6 +120,38 @@ class _CappedReader(threading.Thread):
         return data + ("\n[truncated]" if self.truncated else "")
 
 
+@functools.lru_cache(maxsize=32)
+def _exposed(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(paths shown read-only inside the sandbox's root, paths hidden in them):
+    the standard library and the named packages; the base interpreter's own
+    site-packages, which lies inside its standard library, is hidden."""
+    # The base interpreter's, not a venv's (whose lib/ is only site-packages).
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    paths = {sysconfig.get_paths(vars=base)["stdlib"], sysconfig.get_paths(vars=base)["platstdlib"]}
+    paths.update(p for p in sys.path if p.startswith(sys.base_prefix) and os.path.exists(p))
+    hidden = [os.path.join(p, name) for p in sorted(paths)
+              for name in ("site-packages", "dist-packages")]  # fmt: skip
+    # The system's Pythons' packages lie under /usr/lib, bound for its shared
+    # libraries: hidden too, unless one of them is the standard library in use.
+    for directory in glob.glob("/usr/lib/python3*") + glob.glob("/usr/local/lib/python3*"):
+        if not any(p == directory or p.startswith(directory + os.sep) for p in paths):
+            hidden.append(directory)
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise SandboxError(f"sandbox.packages: {package!r} is not installed")
+        locations = list(spec.submodule_search_locations or [])
+        if not locations and spec.origin:
+            locations = [spec.origin]
+        for location in locations:
+            paths.add(location)
+            libs = f"{location}.libs"  # wheels' vendored shared libraries (numpy.libs)
+            if os.path.isdir(libs):
+                paths.add(libs)
+    # Parents first, so that a path inside a bound directory is not bound again.
+    return sorted(p for p in paths if os.path.exists(p)), hidden
+
+
 def _processes_of_uid(uid: int) -> list[int]:
     """Live (non-zombie) processes owned by `uid`."""
     pids = []
@@ -179,6 +216,8 @@ class Sandbox:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sandbox")
         self._uids: dict[int, UidLease] = {}
         """Slot -> its leased uid (as root), leased on the slot's first run."""
+        self._cgroups: dict[int, RunCgroup] = {}
+        """Slot -> the cgroup its runs are charged to together (as root)."""
         self._uid_mutex = threading.Lock()
 
     @property
@@ -188,6 +227,9 @@ class Sandbox:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         with self._uid_mutex:
+            for cgroup in self._cgroups.values():
+                cgroup.remove()
+            self._cgroups.clear()
             release_all(self._uids)
 
     def _uid_of(self, slot: int) -> int | None:
@@ -198,6 +240,34 @@ class Sandbox:
             if lease is None:
                 lease = self._uids[slot] = _LEASER.lease()
             return lease.uid
+
+    def _cgroup_of(self, slot: int, uid: int | None) -> RunCgroup | None:
+        """The slot's cgroup, or None where this host or user cannot make one."""
+        if uid is None:
+            return None
+        with self._uid_mutex:
+            cgroup = self._cgroups.get(slot)
+            if cgroup is None:
+                try:
+                    cgroup = RunCgroup(
+                        f"slot-{uid}", self._config.memory_mb, self._config.max_processes + 2
+                    )  # +2: the harness and pid 1 of its namespace
+                except CgroupError as error:
+                    log.warning("%s", error)
+                    return None
+                self._cgroups[slot] = cgroup
+            return cgroup
+
+    def _required_isolation(self) -> list[str]:
+        """The steps a run must get (fail closed), less those the config accepts
+        going without."""
+        config = self._config
+        steps = ["filesystem", "ipc", "pid_namespace", "proc"]
+        if config.isolate_network:
+            steps.append("network")
+        if self._as_root and config.drop_privileges:
+            steps.append("cgroup")
+        return [s for s in steps if s not in config.accept_missing_isolation]
 
     def __enter__(self) -> Sandbox:
         return self
@@ -288,6 +358,8 @@ class Sandbox:
     ) -> ExecutionResult:
         config = self._config
         uid = self._uid_of(slot)
+        cgroup = self._cgroup_of(slot, uid)
+        expose, hide = _exposed(tuple(config.packages))
         if plans is None:
             split = [plan_test(t) for t in tests] if inputs is None else []
         else:
@@ -325,6 +397,9 @@ class Sandbox:
             "max_timeouts": config.max_timeouts,
             "max_file_mb": config.max_file_mb,
             "tmpfs_mb": config.max_file_mb * 4,
+            "tmpfs_inodes": config.max_files,
+            "expose": expose,
+            "hide": hide,
         }
         try:
             child = subprocess.Popen(
@@ -343,6 +418,12 @@ class Sandbox:
             shutil.rmtree(workdir, ignore_errors=True)
             raise SandboxError(f"could not start the sandbox child: {exc}") from exc
         os.close(write_fd)
+        if cgroup is not None:
+            try:  # before the job is written: the child has run nothing yet
+                cgroup.add(child.pid)
+            except OSError as error:
+                log.warning("sandbox cgroup: %s", error)
+                cgroup = None
         out_reader = _CappedReader(child.stdout, config.max_output_bytes)  # type: ignore[arg-type]
         err_reader = _CappedReader(child.stderr, config.max_output_bytes)  # type: ignore[arg-type]
         out_reader.start()
@@ -361,6 +442,8 @@ class Sandbox:
         values: list[object] = [None] * (n_cases if plans is not None else 0)
         isolation: dict[str, object] = {}
         killed = False
+        refused: list[str] = []
+        isolation_errors: list[str] = []
         buffer = b""
         skipping_line = False  # the rest of an over-long line is dropped
         n_lines = 0
@@ -411,9 +494,14 @@ class Sandbox:
                         continue  # garbage on the result pipe: ignore it
                     if kind == "ready":
                         isolation = dict(event.get("isolation", {}))
+                        isolation["cgroup"] = cgroup is not None
+                        missing = [k for k in self._required_isolation() if not isolation.get(k)]
+                        if missing:
+                            refused = missing
+                            break
                         deadline = time.monotonic() + config.program_timeout_s + _GRACE_S
                     elif kind == "isolation_error":
-                        log.warning("sandbox isolation incomplete: %r", event.get("error"))
+                        isolation_errors.append(str(event.get("error"))[:300])
                     elif kind == "loaded":
                         load_status = str(event.get("status"))
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
@@ -456,6 +544,13 @@ class Sandbox:
         out_reader.join(timeout=5)
         err_reader.join(timeout=5)
         shutil.rmtree(workdir, ignore_errors=True)
+        if refused:
+            raise SandboxError(
+                f"this host did not give the sandbox {', '.join(refused)} isolation "
+                f"({'; '.join(isolation_errors) or 'see isolation in the result'}): refusing "
+                f"to run untrusted code without it; set sandbox.accept_missing_isolation: "
+                f"[{', '.join(refused)}] to run with less"
+            )
         if load_status == "not run" and not isolation:
             stderr_text = err_reader.text()
             raise SandboxError(

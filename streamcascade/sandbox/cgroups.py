@@ -1,0 +1,91 @@
+"""Memory and process limits for a whole sandbox run, through cgroups.
+
+`RLIMIT_AS` and `RLIMIT_NPROC` bound each process (and each uid), so six
+children of 800 MB held 3.9 GB under a 1 GB limit (issue 13). A cgroup bounds
+the run: every process the child starts is charged to it, however it forks.
+One group per leased slot uid (unique on the host, see `leases`), reused by the
+slot's runs and removed when the sandbox closes. cgroup v1 (a hierarchy per
+controller, as on this machine) and v2 (one unified hierarchy) both work; the
+per-process limits stay as a second line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+GROUP = "streamcascade"
+
+
+class CgroupError(OSError):
+    """The host would not give this run a cgroup."""
+
+
+class RunCgroup:
+    """The memory and pids groups of one sandbox slot.
+
+    Created on construction (raises `CgroupError` when the host cannot), with
+    `memory_mb` and `max_processes` for everything in it together.
+    """
+
+    def __init__(self, name: str, memory_mb: int, max_processes: int, root: Path = ROOT) -> None:
+        self.dirs: list[Path] = []
+        memory_bytes = str(memory_mb * 1024 * 1024)
+        try:
+            if (root / "cgroup.controllers").exists():
+                self._unified(root, name, memory_bytes, max_processes)
+            else:
+                memory = self._make(root / "memory" / GROUP / name)
+                _write(memory / "memory.limit_in_bytes", memory_bytes)
+                swap = memory / "memory.memsw.limit_in_bytes"
+                if swap.exists():  # with swap accounting: memory and swap together
+                    _write(swap, memory_bytes)
+                pids = self._make(root / "pids" / GROUP / name)
+                _write(pids / "pids.max", str(max_processes))
+        except OSError as error:
+            self.remove()
+            raise CgroupError(error.errno, f"cgroup for the sandbox: {error}") from None
+
+    def _make(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        self.dirs.append(path)
+        return path
+
+    def _unified(self, root: Path, name: str, memory_bytes: str, max_processes: int) -> None:
+        own = Path(Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1].lstrip("/"))
+        parent = self._make(root / own / GROUP)
+        # A v2 group passes controllers down only when asked, and only from a
+        # group without processes of its own: ours is made for that.
+        _write(parent / "cgroup.subtree_control", "+memory +pids")
+        group = self._make(parent / name)
+        _write(group / "memory.max", memory_bytes)
+        _write(group / "memory.swap.max", "0")
+        _write(group / "pids.max", str(max_processes))
+
+    def add(self, pid: int) -> None:
+        """Put a process (before it runs anything untrusted) in every group."""
+        for directory in self.dirs:
+            if directory.name != GROUP:
+                _write(directory / "cgroup.procs", str(pid))
+
+    def remove(self) -> None:
+        """Remove the groups (empty once their processes are reaped)."""
+        for directory in reversed(self.dirs):
+            if directory.name == GROUP:
+                continue  # shared by every slot on the host
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        self.dirs = []
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
