@@ -452,6 +452,7 @@ class Environment(BaseModel):
     model_cache_dir: Path | None = None
     offline: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)
+    sandbox_accept_missing: list[str] = Field(default_factory=list)
 
 
 def _truthy(value: str | None) -> bool:
@@ -461,12 +462,16 @@ def _truthy(value: str | None) -> bool:
 def read_environment() -> Environment:
     """STREAMCASCADE_MODEL_CACHE overrides the cache dir; STREAMCASCADE_OFFLINE or
     HF_HUB_OFFLINE turn off every model download; STREAMCASCADE_CPU_THREADS sets
-    `cpu_threads`."""
+    `cpu_threads`; STREAMCASCADE_SANDBOX_ACCEPT_MISSING (comma-separated) adds to
+    `sandbox.accept_missing_isolation`, for a container that cannot give the
+    sandbox, say, cgroups (the container's own limits bound it then)."""
     cache = os.environ.get("STREAMCASCADE_MODEL_CACHE")
     threads = os.environ.get("STREAMCASCADE_CPU_THREADS", "").strip()
     if threads and not threads.isdigit():
         raise InputError(f"STREAMCASCADE_CPU_THREADS={threads!r} is not a whole number")
+    accept = os.environ.get("STREAMCASCADE_SANDBOX_ACCEPT_MISSING", "")
     return Environment(
+        sandbox_accept_missing=[step.strip() for step in accept.split(",") if step.strip()],
         cpu_threads=int(threads) if threads else None,
         model_cache_dir=Path(cache) if cache else None,
         offline=_truthy(os.environ.get("STREAMCASCADE_OFFLINE"))
@@ -564,4 +569,14 @@ def load_config(path: Path | None = None) -> AppConfig:
         updates["offline"] = True
     if env.cpu_threads is not None:
         updates["cpu_threads"] = env.cpu_threads
+    if env.sandbox_accept_missing:
+        accepted = [*config.sandbox.accept_missing_isolation, *env.sandbox_accept_missing]
+        try:
+            updates["sandbox"] = SandboxConfig.model_validate(
+                {**config.sandbox.model_dump(), "accept_missing_isolation": accepted}
+            )
+        except ValidationError as error:
+            raise InputError(
+                f"STREAMCASCADE_SANDBOX_ACCEPT_MISSING: {error.errors()[0]['msg']}"
+            ) from None
     return config.model_copy(update=updates) if updates else config
