@@ -577,6 +577,14 @@ def cmd_faults(args: argparse.Namespace) -> int:
     work_dir = (
         Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="streamcascade-faults-"))
     )
+    if args.soak_s is not None:
+        from streamcascade.benchtools.soak import soak
+
+        report = soak(work_dir, args.soak_s, args.rate)
+        print(report.text(), flush=True)
+        print(f"(work dir with service and broker logs: {work_dir})", file=sys.stderr)
+        clean = report.n_lost == 0 and report.leftover_processes == 0
+        return 0 if clean and report.leftover_ipc == 0 and report.leftover_cgroups == 0 else 1
     print(HEADER, flush=True)
     reports = fault_table(work_dir, runs, args.requests, args.kills,
                           progress=lambda report: print(report.row(), flush=True))  # fmt: skip
@@ -616,6 +624,17 @@ def _positive(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return number
 
 
@@ -753,6 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--requests", type=int, default=1000)
     faults.add_argument("--kills", type=int, default=5, help="sigkill: times the service is killed")
     faults.add_argument("--dir", help="work dir (default: a new temp dir)")
+    faults.add_argument(
+        "--soak-s", type=_positive_float, default=None,
+        help="instead: serve this long at --rate with hostile programs and malformed records "
+        "mixed in; report lost requests, RSS growth and leftovers (run nothing else meanwhile)",
+    )  # fmt: skip
+    faults.add_argument("--rate", type=_positive_float, default=1.0, help="soak: records per s")
     faults.set_defaults(func=cmd_faults)
 
     kafka = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft) on 127.0.0.1")

@@ -29,3 +29,20 @@ def test_fault_run_loses_nothing(scenario: str, delivery: str, tmp_path: Path) -
         assert report.n_duplicates == 0, report
     # The services still running at the end stop cleanly on SIGTERM.
     assert all(code == 0 for code in report.exit_codes), report
+
+
+@pytest.mark.slow
+def test_a_short_soak_with_hostile_programs_loses_nothing_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """The 1-hour soak's checks, on 30 s of it (`faults --soak-s 3600` runs it whole)."""
+    from streamcascade.benchtools.soak import soak
+
+    report = soak(tmp_path, seconds=30, rate_per_s=2.0)
+    print("\n" + report.text())
+    assert report.n_hostile >= 5 and report.n_malformed >= 1
+    assert report.n_lost == 0, report
+    assert report.n_dead_letters == report.n_malformed, report
+    assert report.leftover_processes == 0 and report.leftover_ipc == 0, report
+    assert report.leftover_cgroups == 0, report
+    assert report.exit_code == 0, report
