@@ -191,3 +191,32 @@ def test_explain_tells_why_an_answer_came_from_its_level(
             assert "best plan" in text and "mu " in text
     assert main(["explain", "T/9", "--answers", str(out)]) == 3
     assert "no answer with id 'T/9'" in capsys.readouterr().err
+
+
+def test_explain_tells_the_hedge_policys_decisions_too(
+    tmp_path: Path, replay_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hedge = tmp_path / "hedge.yaml"
+    hedge.write_text(replay_config.read_text() + "learning: {enabled: true, policy: hedge}\n")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"id": "T/0", "prompt": PROMPT, "entry_point": "inc",
+                                    "visible_tests": ["assert inc(1) == 3"]}) + "\n")  # fmt: skip
+    out = tmp_path / "answers.jsonl"
+    assert main(["run", "--config", str(hedge), "--input", str(requests), "--out", str(out),
+                 "--no-progress", "--no-grade"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["explain", "T/0", "--answers", str(out)]) == 0
+    text = capsys.readouterr().out
+    # A fresh level-0 gate knows nothing yet: it skips level 1.
+    assert "hedge: level-0 gate: P(level 1 answers it) 0.50 is below its threshold" in text
+    assert "skip level 1 -> level 2" in text
+    # Without the gate, level 1 runs, fails its test, and the request goes up.
+    hedge.write_text(replay_config.read_text()
+                     + "learning: {enabled: true, policy: hedge, level0: false}\n")  # fmt: skip
+    assert main(["run", "--config", str(hedge), "--input", str(requests), "--out", str(out),
+                 "--no-progress", "--no-grade"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["explain", "T/0", "--answers", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "hedge: level 1 (small) scored 0.00, which is below its sampled threshold" in text
+    assert "the request goes up -> level 2" in text

@@ -13,8 +13,9 @@ from streamcascade.cascade.answer import RequestFailed, build_answer
 from streamcascade.cascade.labeler import Labeler, LabelSource
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.learning.budget import Arm, Shape
-from streamcascade.learning.learner import CascadeLearner
-from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
+from streamcascade.learning.deferral import Decision
+from streamcascade.learning.learner import CascadeLearner, RequestTrace
+from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, RouteStep
 
 __all__ = ["LabelSource", "Labeler", "OnlineCascadeEngine"]
 
@@ -26,6 +27,67 @@ def _decision_score(outcome: LevelOutcome) -> float:
     to answer with (no program, or no parsable label), so no policy accepts it."""
     no_answer = outcome.attempt.best_solution_index is None
     return -1.0 if no_answer else outcome.attempt.score
+
+
+def _figures(decision: Decision, score: float) -> dict[str, float]:
+    return {
+        "score": round(score, 4),
+        "threshold": round(decision.threshold, 4),
+        "p_explore": round(decision.p_explore, 4),
+    }
+
+
+def hedge_route(trace: RequestTrace, levels: Sequence[Level]) -> list[RouteStep]:
+    """The Hedge policy's decisions for one request, in words (`explain`): the
+    level-0 gate or answer, then each level's score against its sampled threshold."""
+    route: list[RouteStep] = []
+    if trace.answer0 is not None and trace.confidence is not None:
+        answer0 = trace.answer0
+        answered = answer0.accept and not answer0.explored
+        route.append(RouteStep(
+            next_level=None if answered else levels[0].index,
+            policy="hedge",
+            why=f"level 0's label {trace.label0!r} at confidence {trace.confidence:.2f} "
+            f"{'meets' if answer0.would_accept else 'is below'} its threshold "
+            f"{answer0.threshold:.2f}"
+            + ("; explored: it answers and the LLM levels run for a label" if answer0.explored
+               else ("; level 0 answers" if answered else "; the LLM levels vote")),
+            figures=_figures(answer0, trace.confidence),
+        ))  # fmt: skip
+    if trace.gate is not None and trace.p_level1 is not None:
+        gate = trace.gate
+        start = 0 if gate.accept else 1
+        route.append(RouteStep(
+            next_level=levels[start].index,
+            policy="hedge",
+            why=f"level-0 gate: P(level {levels[0].index} answers it) {trace.p_level1:.2f} "
+            f"{'meets' if gate.would_accept else 'is below'} its threshold "
+            f"{gate.threshold:.2f}" + ("" if gate.accept else f"; skip level {levels[0].index}"),
+            figures=_figures(gate, trace.p_level1),
+        ))  # fmt: skip
+    for number, step in enumerate(trace.steps):
+        decision = step.decision
+        if decision is None:
+            continue  # the top level: it always answers
+        nxt = trace.steps[number + 1].position if number + 1 < len(trace.steps) else None
+        level = levels[step.position]
+        verdict = "meets" if decision.would_accept else "is below"
+        who = {"policy": "its sampled threshold", "arm": "its budget arm's threshold",
+               "sweep": "the validation sweep (always goes up)"}[step.kind]  # fmt: skip
+        if decision.explored:
+            then = "explored: its answer is published and the level above runs for a label"
+        elif decision.accept:
+            then = "it answers"
+        else:
+            then = "the request goes up"
+        route.append(RouteStep(
+            next_level=None if nxt is None else levels[nxt].index,
+            policy="hedge",
+            why=f"level {level.index} ({level.name}) scored {step.score:.2f}, which "
+            f"{verdict} {who} {decision.threshold:.2f}: {then}",
+            figures=_figures(decision, step.score),
+        ))  # fmt: skip
+    return route
 
 
 class OnlineCascadeEngine:
@@ -141,6 +203,7 @@ class OnlineCascadeEngine:
             explored_levels=explored,
             skipped_levels=[self.levels[0].index] if start > 0 else [],
             p_level1=trace.p_level1,
+            route=hedge_route(trace, self.levels),
         )
 
     def _validation_row(
@@ -242,6 +305,7 @@ class OnlineCascadeEngine:
             score=score,
             explored_levels=explored,
             label=label,
+            route=hedge_route(trace, self.levels),
         )
 
     def learn_one(self, feedback: Feedback) -> bool:
