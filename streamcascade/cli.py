@@ -422,6 +422,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for entry in cache_status(config.model_cache_dir):
             size_mb = entry.spec.size_bytes / 1e6
             print(f"{entry.spec.name}\t{entry.state}\t{size_mb:,.0f} MB\t{entry.path}")
+        from streamcascade.models.hub import hub_cache_entries
+
+        for hub in hub_cache_entries():  # verified when first loaded
+            print(f"{hub.name}\tcached\t{hub.size_bytes / 1e6:,.0f} MB\t{hub.path}")
         return 0
     names = args.names or sorted(MODELS)
     for name in names:

