@@ -27,13 +27,12 @@ from streamcascade.config import AppConfig, KafkaConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 from streamcascade.service.broker import LocalKafka
+from streamcascade.service.delivery import BatchFailed, ExactlyOnce, Output
 from streamcascade.service.tools import feed, follow
 from streamcascade.service.worker import (
     CascadeService,
     Engine,
     ServiceStats,
-    _BatchFailed,
-    _Output,
     _Rebalances,
     close_at_once,
     ensure_topics,
@@ -546,7 +545,7 @@ def test_requests_of_a_partition_handed_over_mid_batch_are_left_to_the_new_owner
     service = CascadeService(config, SlowEngine(_EchoEngine(), seconds=0.3))
     consumer, producer = _HandOverConsumer(), _Producer()
     consumer.on_lost = service._on_lost
-    service._consumer, service._producer = consumer, producer
+    service._consumer, service.delivery.producer = consumer, producer
     service._handle(
         {
             "p0": [_Record("p0", 7, request_json(0))],
@@ -610,7 +609,7 @@ def test_offsets_of_a_failed_transaction_are_never_committed_by_the_next(
     topic = f"txn-{time.monotonic_ns()}"
     _create_topics(kafka, {topic: 2, f"{topic}.out": 1})
     p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    out = _Output(f"{topic}.out", b"k", b"v", [])
+    out = Output(f"{topic}.out", b"k", b"v", [])
 
     # The library alone: the stale offset for p0 rides along with p1's.
     consumer, stale, fresh = _stale_and_fresh_metadata(kafka, topic, f"{topic}-raw")
@@ -634,18 +633,18 @@ def test_offsets_of_a_failed_transaction_are_never_committed_by_the_next(
     consumer, stale, _ = _stale_and_fresh_metadata(kafka, topic, f"{topic}-service")
     config = KafkaConfig(bootstrap_servers=[kafka.bootstrap_servers], group_id=f"{topic}-service",
                          delivery="exactly_once", instance_id="txn")  # fmt: skip
-    service = CascadeService(config, _EchoEngine())
-    service._consumer = consumer
-    service._producer = service._new_producer()
+    delivery = CascadeService(config, _EchoEngine()).delivery
+    assert isinstance(delivery, ExactlyOnce)
+    delivery.open()
     real_metadata = consumer.group_metadata
     consumer.group_metadata = lambda: stale  # the rebalance came between poll and commit
-    with pytest.raises(_BatchFailed):
-        service._write([out], {p0: OffsetAndMetadata(100, "", -1)})
+    with pytest.raises(BatchFailed):
+        delivery.commit(consumer, [out], {p0: OffsetAndMetadata(100, "", -1)})
     consumer.group_metadata = real_metadata
-    service._write([out], {p1: OffsetAndMetadata(5, "", -1)})
+    delivery.commit(consumer, [out], {p1: OffsetAndMetadata(5, "", -1)})
     _wait_committed(consumer, p1, 5)
     assert consumer.committed(p0) is None
-    service._producer.close()
+    delivery.close()
     consumer.close()
 
 

@@ -7,15 +7,10 @@ partitions are paused and it keeps polling, so a slow LLM level never makes it
 miss `max_poll_interval_ms` (no rebalance storms), and no more than that window
 is ever taken from Kafka uncommitted.
 
-Delivery:
-- at_least_once: the batch's answers and dead letters are sent and flushed
-  (acks=all, idempotent producer); only then are its offsets committed. A crash
-  in between re-delivers the batch: duplicates, never losses.
-- exactly_once: the batch's outputs and its offsets are one transaction
-  (`send_offsets_to_transaction` with the consumer's group metadata, so a
-  zombie instance is fenced); `read_committed` readers see each answer once.
-A batch whose outputs cannot be written is not committed: its partitions are
-rewound to the batch start and it is processed again.
+How a batch's outputs and offsets reach Kafka (at least once, or exactly
+once in one transaction) is `delivery`'s; a batch that cannot be written is
+not committed: its partitions are rewound to the batch start and it runs again.
+Feedback and the other replicas' learning events come through `inbox`.
 
 Bad input (not UTF-8, not JSON, wrong schema, oversized, unsupported language)
 and requests whose processing raised go to the dead-letter topic with the
@@ -42,7 +37,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener
@@ -50,12 +44,11 @@ from kafka import ConsumerRebalanceListener
 from streamcascade.config import KafkaConfig
 from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.snapshots import SnapshotMismatch
-from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
-from streamcascade.service.codec import Rejected, parse_feedback, parse_request
+from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.service.codec import Rejected, parse_request
+from streamcascade.service.delivery import DELIVERIES, BatchFailed, Delivery, Output, dead_letter
+from streamcascade.service.inbox import Inbox
 from streamcascade.service.kafka_io import (
-    MAX_MESSAGE_BYTES,
-    Stuck,
-    bounded,
     client_settings,
     close_at_once,
     ensure_topics,
@@ -63,12 +56,15 @@ from streamcascade.service.kafka_io import (
     release_parked_records,
 )
 from streamcascade.service.observe import LiveState, ServiceMetrics
+from streamcascade.service.stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BatchFailed",
     "CascadeService",
     "Engine",
+    "Output",
     "ServiceStats",
     "client_settings",
     "close_at_once",
@@ -82,57 +78,11 @@ class Engine(Protocol):
     def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]: ...
 
 
-@dataclass
-class ServiceStats:
-    n_requests: int = 0
-    """Request records taken from Kafka (bad ones included)."""
-    n_answers: int = 0
-    n_dead_letters: int = 0
-    n_failed: int = 0
-    """Requests whose processing raised (they are dead letters too)."""
-    n_feedback: int = 0
-    n_feedback_learned: int = 0
-    n_events_out: int = 0
-    """Learning events this instance published for the others."""
-    n_events_in: int = 0
-    """Other instances' learning events applied here."""
-    n_batches: int = 0
-    n_batches_retried: int = 0
-    n_assignments: int = 0
-    """Group rebalances this instance took part in (the first one included)."""
-    n_revocations: int = 0
-    n_snapshots: int = 0
-    restored_from: int | None = None
-    """The snapshot's request count this instance started from."""
-    started_s: float = field(default_factory=time.monotonic)
-
-    def line(self) -> str:
-        elapsed = max(1e-9, time.monotonic() - self.started_s)
-        return (
-            f"{self.n_requests} requests ({self.n_requests / elapsed:.1f}/s), "
-            f"{self.n_answers} answers, {self.n_dead_letters} dead letters "
-            f"({self.n_failed} failed), {self.n_feedback} feedback "
-            f"({self.n_feedback_learned} learned), {self.n_batches_retried} batches retried"
-        )
-
-
-@dataclass
-class _Output:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
 def _reason(error: BaseException) -> str:
     """A dead letter's reason: `backend_unavailable: ...` when no model could
     answer, else what processing raised."""
     text = str(error)
     return text if text.startswith("backend_unavailable") else f"processing failed: {text}"
-
-
-class _BatchFailed(Exception):
-    """The batch's outputs or offsets could not be written; it runs again."""
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -214,7 +164,6 @@ class CascadeService:
         # Partitions given to another instance since the batch in hand was taken.
         self._lost: set[Any] = set()
         self._consumer: Any = None
-        self._inbox: Any = None
         # Set on the worker thread by the learner, drained here after each batch.
         self._events: list[dict[str, Any]] = []
         # Tells this process's own learning events apart from those of an
@@ -222,7 +171,13 @@ class CascadeService:
         self._session = uuid.uuid4().hex
         self._last_records_s = time.monotonic()
         self._last_check_s = time.monotonic()
-        self._producer: Any = None
+        self.delivery: Delivery = DELIVERIES[config.delivery](
+            config, self.instance_id, self._stop.is_set
+        )
+        self.inbox = Inbox(
+            config, self.instance_id, self._session, learner, self.stats, self.delivery,
+            lambda work: self._worker.submit(work).result(), self._dead_letter,
+        )  # fmt: skip
 
     @property
     def exactly_once(self) -> bool:
@@ -262,41 +217,10 @@ class CascadeService:
                 self.stats, self._stop.is_set, self._consumer.assignment, self._on_lost
             ),
         )
-        # Its own group per instance (for its committed offsets): every replica
-        # sees every feedback record and every other replica's learning events.
-        # Assigned, not subscribed: no group rebalances to wait for, and the
-        # starting position ("latest" for a new instance) is fixed right now.
-        self._inbox = KafkaConsumer(
-            **settings,
-            group_id=f"{config.group_id}.learn.{self.instance_id}",
-            client_id=f"{self.instance_id}-learn",
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            isolation_level="read_committed",
-            max_poll_records=500,
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-        )
-        from kafka import TopicPartition
-
-        inbox_topics = [config.topics.feedback]
-        if self.learner is not None:
-            inbox_topics.append(config.topics.learning)
-        self._inbox.assign(
-            [
-                TopicPartition(topic, p)
-                for topic in inbox_topics
-                for p in sorted(self._inbox.partitions_for_topic(topic) or set())
-            ]
-        )
-        for partition in self._inbox.assignment():
-            offset = restored_offsets.get(f"{partition.topic}:{partition.partition}")
-            if offset is not None:
-                self._inbox.seek(partition, offset)  # the events the snapshot does not hold
-            else:
-                self._inbox.position(partition)
+        self.inbox.open(restored_offsets)
         if self.learner is not None:
             self.learner.on_event = lambda event: self._events.append(event)
-        self._producer = self._new_producer()
+        self.delivery.open()
         log.info(
             "serving %s -> %s as %s in group %s (%s)",
             config.topics.requests,
@@ -310,7 +234,7 @@ class CascadeService:
                 self.last_loop_s = time.monotonic()
                 if self.metrics is not None:
                     self._refresh_lag()
-                self._learn_from_inbox()
+                self._since_snapshot += self.inbox.learn()
                 batch = self._carried or self._poll(int(1000 * config.poll_timeout_s))
                 self._carried = {}
                 if batch:
@@ -327,58 +251,15 @@ class CascadeService:
         log.info("stopped: %s", self.stats.line())
         return self.stats
 
-    def _new_producer(self) -> Any:
-        from kafka import KafkaProducer
-
-        settings: dict[str, Any] = {
-            **client_settings(self.config),
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "max_request_size": MAX_MESSAGE_BYTES,
-            "client_id": f"{self.instance_id}-producer",
-        }
-        if self.exactly_once:
-            # Stable per instance: a restarted instance fences its own zombie.
-            settings["transactional_id"] = f"{self.config.group_id}.{self.instance_id}"
-        producer = KafkaProducer(**settings)
-        if self.exactly_once:
-            # Bumps the epoch: whatever an older producer left open is aborted.
-            producer.init_transactions()
-        return producer
-
-    def _replace_producer(self, why: str) -> None:
-        """A stuck or failed transactional producer is dropped (closed in the
-        background, since closing it may block too) and a new one fences it."""
-        log.warning("rebuilding the producer: %s", why)
-        old = self._producer
-
-        threading.Thread(target=close_at_once, args=(old,), daemon=True).start()
-        from kafka.errors import KafkaError
-
-        while True:
-            try:
-                self._producer = self._new_producer()
-                return
-            except KafkaError as error:  # the broker may still be away
-                if self._stop.is_set():
-                    raise
-                log.warning("a new producer failed (%r): retrying", error)
-                time.sleep(1.0)
-
     def _close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
-        for client in (self._consumer, self._inbox):
-            if client is not None:
-                try:
-                    client.close()  # leaves the group: its partitions are handed back now
-                except Exception:  # closing must not hide the original error
-                    log.exception("closing a consumer failed")
-        if self._producer is not None:
+        if self._consumer is not None:
             try:
-                self._producer.close(timeout=10)
-            except Exception:
-                log.exception("closing the producer failed")
+                self._consumer.close()  # leaves the group: its partitions are handed back now
+            except Exception:  # closing must not hide the original error
+                log.exception("closing a consumer failed")
+        self.inbox.close()
+        self.delivery.close()
 
     # -- requests ----------------------------------------------------------------
 
@@ -388,7 +269,7 @@ class CascadeService:
 
         started_s = time.monotonic()
         self._lost = set()
-        rejected: list[tuple[Any, _Output]] = []
+        rejected: list[tuple[Any, Output]] = []
         jobs: list[tuple[Any, Any, CodeRequest]] = []
         first: dict[Any, int] = {}
         offsets: dict[Any, Any] = {}
@@ -430,7 +311,7 @@ class CascadeService:
             if not isinstance(result, BaseException):
                 answer = result
                 outputs.append(
-                    _Output(self.config.topics.answers, request.id.encode(),
+                    Output(self.config.topics.answers, request.id.encode(),
                             answer.model_dump_json().encode(), self._headers())
                 )  # fmt: skip
                 n_answers += 1
@@ -443,12 +324,12 @@ class CascadeService:
         events, self._events = self._events, []
         for event in events:
             outputs.append(
-                _Output(self.config.topics.learning, self.instance_id.encode(),
+                Output(self.config.topics.learning, self.instance_id.encode(),
                         json.dumps(event).encode(), self._headers())
             )  # fmt: skip
         try:
-            self._write(outputs, offsets)
-        except _BatchFailed as error:
+            self.delivery.commit(self._consumer, outputs, offsets)
+        except BatchFailed as error:
             self.stats.n_batches_retried += 1
             log.warning("batch not committed (%s): it runs again", error)
             self._rewind(first)
@@ -591,61 +472,6 @@ class CascadeService:
             consumer.resume(*(paused & owned))
         return True
 
-    def _write(self, outputs: list[_Output], offsets: dict[Any, Any]) -> None:
-        from kafka.errors import KafkaError
-
-        producer, consumer = self._producer, self._consumer
-        owned = set(consumer.assignment())
-        commit = {tp: offset for tp, offset in offsets.items() if tp in owned}
-        limit_s = self.config.transaction_timeout_s
-        if self.exactly_once:
-            try:
-                producer.begin_transaction()
-                for output in outputs:
-                    producer.send(output.topic, key=output.key, value=output.value,
-                                  headers=output.headers)  # fmt: skip
-                if commit:
-                    metadata = consumer.group_metadata()
-                    bounded(lambda: producer.send_offsets_to_transaction(commit, metadata),
-                             limit_s, "send-offsets")  # fmt: skip
-                bounded(producer.commit_transaction, limit_s, "commit")
-            except Stuck as error:
-                self._replace_producer(str(error))
-                raise _BatchFailed(str(error)) from error
-            except KafkaError as error:
-                # Not just aborted: kafka-python 3.0.12 keeps offsets whose commit
-                # failed (a rebalance: IllegalGeneration) and commits them with the
-                # next transaction, whose answers do not hold them: requests lost.
-                # A new producer (same transactional id) aborts this one and
-                # starts clean.
-                self._replace_producer(f"transaction failed: {error!r}")
-                raise _BatchFailed(repr(error)) from error
-            return
-        try:
-            futures = [
-                producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
-            ]
-            producer.flush(timeout=limit_s)
-            for future in futures:
-                future.get(timeout=limit_s)  # raises what the broker said
-        except KafkaError as error:
-            raise _BatchFailed(repr(error)) from error
-        if commit:
-            try:
-                consumer.commit(commit, timeout_ms=int(1000 * limit_s))
-            except KafkaError as error:
-                # Answers are out; whoever consumes these next answers them again
-                # (at least once).
-                log.warning("offset commit failed: %r", error)
-
-    def _abort(self) -> None:
-        from kafka.errors import KafkaError
-
-        try:
-            bounded(self._producer.abort_transaction, self.config.transaction_timeout_s, "abort")
-        except (KafkaError, Stuck) as error:
-            self._replace_producer(f"aborting the transaction failed: {error!r}")
-
     def _rewind(self, first: dict[Any, int]) -> None:
         """Seek back to the batch's first offsets, and to what was carried."""
         for partition, records in self._carried.items():
@@ -659,116 +485,11 @@ class CascadeService:
     def _headers(self) -> list[tuple[str, bytes]]:
         return [("instance", self.instance_id.encode()), ("session", self._session.encode())]
 
-    def _dead_letter(self, record: Any, reason: str, error_type: str) -> _Output:
-        """The original bytes as the value; where it came from and why, in headers."""
-        headers = [
-            ("reason", reason[:4000].encode()),
-            ("error_type", error_type.encode()),
-            ("source_topic", str(record.topic).encode()),
-            ("source_partition", str(record.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-            *self._headers(),
-        ]
-        return _Output(self.config.topics.deadletter, record.key, record.value or b"", headers)
+    def _dead_letter(self, record: Any, reason: str, error_type: str) -> Output:
+        return dead_letter(self.config.topics.deadletter, record, reason, error_type,
+                           self._headers())  # fmt: skip
 
     # -- feedback and state --------------------------------------------------------
-
-    def _learn_from_inbox(self) -> None:
-        """Feedback records, and other instances' learning events."""
-        from kafka.errors import KafkaError
-
-        polled = self._inbox.poll(timeout_ms=0)
-        if not polled:
-            return
-        dead: list[_Output] = []
-        feedback: list[Feedback] = []
-        events: list[dict[str, Any]] = []
-        for records in polled.values():
-            for record in records:
-                if record.topic == self.config.topics.learning:
-                    if dict(record.headers or []).get("session") == self._session.encode():
-                        continue  # learned already, when it was made
-                    try:
-                        events.append(json.loads(record.value))
-                    except (TypeError, ValueError) as error:
-                        dead.append(self._dead_letter(record, f"bad learning event: {error}",
-                                                      "BadEvent"))  # fmt: skip
-                    continue
-                self.stats.n_feedback += 1
-                parsed = parse_feedback(record.value, self.config.max_request_bytes)
-                if isinstance(parsed, Rejected):
-                    dead.append(self._dead_letter(record, parsed.reason, parsed.error_type))
-                else:
-                    feedback.append(parsed)
-        if self.learner is not None and (feedback or events):
-            learner = self.learner
-
-            def learn() -> tuple[int, int]:
-                applied = 0
-                for event in events:
-                    try:
-                        learner.apply_event(event)
-                        applied += 1
-                    except (KeyError, TypeError, ValueError) as error:
-                        log.warning("a learning event could not be applied: %r", error)
-                return sum(learner.learn_one(f) for f in feedback), applied
-
-            learned, applied = self._worker.submit(learn).result()
-            self.stats.n_feedback_learned += learned
-            self.stats.n_events_in += applied
-            # The state changed: the next snapshot keeps it.
-            self._since_snapshot += len(feedback) + applied
-        if dead:
-            try:
-                self._write_plain(dead)
-            except _BatchFailed as error:
-                log.warning("dead letters from the inbox not written (%s): read again", error)
-                for partition, records in polled.items():
-                    self._inbox.seek(partition, records[0].offset)
-                return
-            self.stats.n_dead_letters += len(dead)
-        try:
-            self._inbox.commit()
-        except KafkaError as error:
-            log.warning("inbox offsets not committed: %r", error)
-
-    def _drain_inbox(self, timeout_s: float = 10.0) -> dict[str, int]:
-        """Learn from everything in the inbox up to its current end; the
-        positions reached (a snapshot holds everything before them)."""
-        partitions = list(self._inbox.assignment())
-        end = self._inbox.end_offsets(partitions) if partitions else {}
-        deadline = time.monotonic() + timeout_s
-        while any(self._inbox.position(p) < end[p] for p in partitions):
-            if time.monotonic() > deadline:
-                break
-            self._learn_from_inbox()
-        return {f"{p.topic}:{p.partition}": int(self._inbox.position(p)) for p in partitions}
-
-    def _write_plain(self, outputs: list[_Output]) -> None:
-        """Outputs with no offsets to commit alongside."""
-        from kafka.errors import KafkaError
-
-        producer = self._producer
-        limit_s = self.config.transaction_timeout_s
-        try:
-            if self.exactly_once:
-                producer.begin_transaction()
-            futures = [
-                producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs
-            ]
-            if self.exactly_once:
-                bounded(producer.commit_transaction, limit_s, "commit")
-            else:
-                producer.flush(timeout=limit_s)
-                for future in futures:
-                    future.get(timeout=limit_s)
-        except Stuck as error:
-            self._replace_producer(str(error))
-            raise _BatchFailed(str(error)) from error
-        except KafkaError as error:
-            if self.exactly_once:
-                self._abort()
-            raise _BatchFailed(repr(error)) from error
 
     def _restore(self) -> dict[str, int]:
         """Load the latest snapshot; the inbox positions it was taken at."""
@@ -799,15 +520,16 @@ class CascadeService:
     def _snapshot(self) -> None:
         learner = self.learner
         assert learner is not None
-        offsets = self._drain_inbox()
+        offsets, changes = self.inbox.drain()
+        self._since_snapshot += changes
         state = self._worker.submit(learner.state_dict).result()
         value = json.dumps({"instance": self.instance_id, "saved_unix_s": time.time(),
                             "inbox_offsets": offsets, "state": state}).encode()  # fmt: skip
-        output = _Output(self.config.topics.state, self.config.group_id.encode(), value,
-                         self._headers())  # fmt: skip
+        output = Output(self.config.topics.state, self.config.group_id.encode(), value,
+                        self._headers())  # fmt: skip
         try:
-            self._write_plain([output])
-        except _BatchFailed as error:
+            self.delivery.write([output])
+        except BatchFailed as error:
             log.warning("snapshot not written (%s): the next one will be", error)
             return
         self._since_snapshot = 0
