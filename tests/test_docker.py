@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from streamcascade.cli import build_parser
@@ -58,3 +59,27 @@ def test_the_image_leaves_its_build_tools_behind_and_the_replicas_are_watched() 
     assert len(stages) == 2 and "build-essential" in stages[0]
     assert "build-essential" not in stages[1] and "cmake" not in stages[1]
     assert "COPY --from=build /wheels" in stages[1] and "libgomp1" in stages[1]
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_dockerfiles_steps_run_in_a_plain_shell(tmp_path: Path) -> None:
+    """No Docker engine here: docker/shell_steps.py turns the Dockerfile into a
+    bash script (stages as directories, each with a fresh venv for the base
+    image's Python) and the image's build and its default command run for real.
+    The model cache is mounted at /models, as a volume would be."""
+    import subprocess
+    import sys
+
+    from streamcascade.models.registry import default_cache_dir
+
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "shell_steps.py"), str(tmp_path / "image"),
+         f"/models={default_cache_dir()}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "pip wheel" in script and "--find-links" in script and "dpkg -s libgomp1" in script
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The image's default command answered its three problems.
+    assert "3 answered, 0 dead letters" in result.stderr + result.stdout
