@@ -88,8 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_input_file(Path(args.input))
     if args.out:
         check_output_file(Path(args.out), "--out")
-    if args.dead_letters:
-        check_output_file(Path(args.dead_letters), "--dead-letters")
+    dead_path = Path(args.dead_letters) if args.dead_letters else None
+    if dead_path is None and args.out:
+        # Beside the answers, not on stderr among the logs.
+        out = Path(args.out)
+        dead_path = out.with_name(f"{out.stem}.dead-letters.jsonl")
+    if dead_path is not None:
+        check_output_file(dead_path, "--dead-letters")
     if args.state_dir and Path(args.state_dir).exists() and not Path(args.state_dir).is_dir():
         raise InputError(f"--state-dir {args.state_dir} is a file, not a directory")
     check_backends(config)
@@ -98,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dead_out = _connector(
         sinks,
         "jsonl",
-        path=Path(args.dead_letters) if args.dead_letters else None,
+        path=dead_path,
         stream=sys.stderr,
     )
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
@@ -161,8 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     levels = [i + 1 for i in range(len(config.levels))]
     if summary.n_requests:
         print(format_table([summary], levels, None), file=sys.stderr)
+    where = f" (in {dead_path})" if dead_path is not None and summary.n_dead_letters else ""
     print(
-        f"{summary.n_requests} answered, {summary.n_dead_letters} dead letters",
+        f"{summary.n_requests} answered, {summary.n_dead_letters} dead letters{where}",
         file=sys.stderr,
     )
     return 0
@@ -674,7 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
         "them (default 8; a learning cascade learns between batches)",
     )
     run.add_argument("--out", help="append answers to this file (default: stdout)")
-    run.add_argument("--dead-letters", help="append dead letters here (default: stderr)")
+    run.add_argument(
+        "--dead-letters",
+        help="append dead letters here (default: beside --out as NAME.dead-letters.jsonl; "
+        "without --out, stderr)",
+    )
     run.add_argument("--no-grade", dest="grade", action="store_false",
                      help="skip grading answers against requests' hidden tests")  # fmt: skip
     run.add_argument("--no-progress", action="store_true")

@@ -78,6 +78,14 @@ def test_run_answers_jsonl_and_dead_letters_bad_records(
     assert "T/404" in letters[2]["reason"]
     summary = capsys.readouterr().err
     assert "100.0%" in summary and "1 answered, 3 dead letters" in summary
+    # Without --dead-letters they go beside --out, not onto stderr among the logs.
+    out.unlink()
+    assert main(["run", "--config", str(replay_config), "--input", str(requests), "--out", str(out),
+                 "--no-progress", "--no-grade"]) == 0  # fmt: skip
+    beside = tmp_path / "answers.dead-letters.jsonl"
+    assert len(beside.read_text().splitlines()) == 3
+    err = capsys.readouterr().err
+    assert f"1 answered, 3 dead letters (in {beside})" in err and "NotJson" not in err
 
 
 def test_bench_writes_table_json_and_png(tmp_path: Path, replay_config: Path) -> None:

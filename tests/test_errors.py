@@ -71,7 +71,7 @@ def test_backend_mistakes_are_found_before_any_model_loads(
     config.write_text("levels:\n  - name: small\n    backend: {kind: llamacpp, model: q-9000b}\n")
     assert main(["run", "--config", str(config)]) == EXIT_INPUT
     assert _error(capsys)[0].startswith(
-        "error: level 'small': model 'q-9000b' is neither a .gguf file nor a known model name"
+        "error: level 'small': model 'q-9000b' is neither a .gguf file, nor hf:OWNER/REPO/FILE.gguf, nor a known model name"
     )
 
     missing = tmp_path / "gone.jsonl"

@@ -82,7 +82,10 @@ class ThroughputReport:
     counting_us_per_request: float | None = None
     """Time in `ServiceMetrics.observe_batch` per request, in the metrics run."""
     scrape_us_per_request: float | None = None
-    """Time the scrapes took on the server, per request of that run."""
+    """Wall time of the scrapes, client and server, per request of that run:
+    an upper bound (the client shares this process, and waits for its lock)."""
+    render_us_per_request: float | None = None
+    """CPU time the server spent rendering /metrics, per request of that run."""
 
     def table(self) -> str:
         bench = self.bench_us_per_request
@@ -109,10 +112,14 @@ class ThroughputReport:
             )
         if observed and self.counting_us_per_request is not None:
             scrapes = self.scrape_us_per_request or 0.0
+            render = self.render_us_per_request or 0.0
+            counting = self.counting_us_per_request
             lines.append(
-                f"measured inside that run: counting {self.counting_us_per_request:.1f} us and "
-                f"scrapes {scrapes:.1f} us per request, "
-                f"{100 * (self.counting_us_per_request + scrapes) / observed:.2f} % of its time"
+                f"measured inside that run: counting {counting:.1f} us and rendering "
+                f"/metrics {render:.1f} us (CPU) per request, "
+                f"{100 * (counting + render) / observed:.2f} % of its time; with the "
+                f"scrapes' wall time instead ({scrapes:.1f} us, client in this process "
+                f"included), {100 * (counting + scrapes) / observed:.2f} %"
             )
         return "\n".join(lines)
 
@@ -199,6 +206,7 @@ def service_throughput(
         service_us: dict[str, float] = {}
         counting_us: float | None = None
         scrape_us: float | None = None
+        render_us: float | None = None
         runs = [(delivery, False) for delivery in deliveries]
         if with_metrics and "at_least_once" in deliveries:
             # Off, on, off again: the two runs without metrics bracket the one
@@ -252,6 +260,7 @@ def service_throughput(
                     assert metrics is not None
                     counting_us = 1e6 * metrics.seconds_counting / counted
                     scrape_us = 1e6 * scraper.seconds / counted
+                    render_us = 1e6 * metrics.seconds_rendering / counted
                 if "last" not in timing:
                     raise RuntimeError(f"{name}: not all answered ({service.stats.line()})")
                 # From the first committed batch to the last, so joining the group
@@ -260,5 +269,6 @@ def service_throughput(
                 service_us[name] = 1e6 * (timing["last"] - timing["first"]) / max(1, timed)
                 log.info("%s: %s", name, service.stats.line())
     return ThroughputReport(
-        n_requests, at_level0 / n_requests, bench_us, service_us, counting_us, scrape_us
-    )
+        n_requests, at_level0 / n_requests, bench_us, service_us, counting_us, scrape_us,
+        render_us,
+    )  # fmt: skip
