@@ -78,7 +78,10 @@ def test_fetch_that_yields_wrong_bytes_leaves_nothing_behind(
 
 
 def test_unknown_name_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelFetchError, match=r"neither a \.gguf file, nor hf:OWNER/REPO/FILE\.gguf, nor a known model name"):
+    with pytest.raises(
+        ModelFetchError,
+        match=r"neither a \.gguf file, nor hf:OWNER/REPO/FILE\.gguf, nor a known model name",
+    ):
         resolve_model("no-such-model", cache_dir=tmp_path)
 
 
