@@ -9,6 +9,7 @@ sandbox cgroup.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from streamcascade.benchtools.faults import (
     write_replay_config,
 )
 from streamcascade.config import KafkaConfig
-from streamcascade.sandbox.leases import BASE_UID, N_UIDS
+from streamcascade.sandbox.leases import BASE_UID, LOCK_DIR, N_UIDS
 from streamcascade.service.broker import LocalKafka
 from streamcascade.service.kafka_io import client_settings, ensure_topics
 from streamcascade.service.tools import record_key
@@ -62,16 +63,33 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def _leased(uid: int) -> bool:
+    """Whether a live process holds the uid's lease (see `sandbox.leases`):
+    its processes and cgroup are that sandbox's own, not leftovers."""
+    path = LOCK_DIR / f"{uid}.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if it was taken here
+    return False
+
+
 def sandbox_processes() -> int:
-    """Live processes of any sandbox uid on this host."""
+    """Live processes of sandbox uids no live sandbox holds: leftovers."""
     count = 0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if BASE_UID <= os.stat(f"/proc/{entry}").st_uid < BASE_UID + N_UIDS:
-                    count += 1
+                uid = os.stat(f"/proc/{entry}").st_uid
             except OSError:
                 continue
+            if BASE_UID <= uid < BASE_UID + N_UIDS and not _leased(uid):
+                count += 1
     return count
 
 
@@ -83,9 +101,12 @@ def sysv_objects() -> int:
 
 
 def sandbox_cgroups() -> int:
+    """Slot cgroups whose uid no live sandbox holds: leftovers."""
     return sum(
-        len(list(Path(f"/sys/fs/cgroup/{c}/streamcascade").glob("slot-*")))
+        1
         for c in ("memory", "pids")
+        for path in Path(f"/sys/fs/cgroup/{c}/streamcascade").glob("slot-*")
+        if not _leased(int(path.name.removeprefix("slot-")))
     )
 
 
@@ -122,7 +143,8 @@ class SoakReport:
             f"{self.rss_end_kb / 1024:.0f} MB at the end ({self.rss_growth:+.1%})",
             f"  left on the host: {self.leftover_processes} sandbox processes, "
             f"{self.leftover_ipc} System V IPC objects (more than before), "
-            f"{self.leftover_cgroups} sandbox cgroups; service exit code {self.exit_code}",
+            f"{self.leftover_cgroups} sandbox cgroups (of uids no live sandbox holds); "
+            f"service exit code {self.exit_code}",
         ])  # fmt: skip
 
 
