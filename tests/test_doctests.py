@@ -16,6 +16,10 @@ MODULES = [
     "streamcascade.tasks.program",
     "streamcascade.learning.bayes",
     "streamcascade.learning.routing",
+    "streamcascade.learning.track",
+    "streamcascade.sandbox.verdicts",
+    "streamcascade.sandbox.leases",
+    "streamcascade.models.hub",
 ]
 
 

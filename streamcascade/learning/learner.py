@@ -33,6 +33,7 @@ from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Classifier, Level0Router
 from streamcascade.learning.running import RunningMean
 from streamcascade.learning.snapshots import check_snapshot
+from streamcascade.learning.track import DeferralTrack
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
@@ -128,23 +129,22 @@ class CascadeLearner:
         self.n_levels = n_levels
         self.mu = config.mu
         seed = config.seed
-        self.policies = self._new_policies(seed)
+        # Generation and classification requests learn on tracks of their own.
+        self.generation = DeferralTrack(
+            config, n_levels, seed, "above_level1_cost", self._new_policy
+        )
         self.router = Level0Router(config.level0_learning_rate, n_buckets=config.level0_buckets)
         self.use_gate = config.level0 and n_levels > 1
         self.gate = self._new_policy(seed + 1000, explore="accept")
-        self.next_cost = [RunningMean() for _ in range(n_levels - 1)]
-        self.above_level1_cost = RunningMean()
         self.budget_mean = RunningMean()  # recent spend, or share reaching the top
-        self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
         self.gate_drift = DriftMonitor(config.drift_delta)
         # Classification requests have their own track: level 0 may answer
         # them itself, and LLM levels score them by vote share, not tests.
         self.classifier = Level0Classifier(config.level0_learning_rate, config.level0_buckets)
         self.answer0 = self._new_policy(seed + 2000)
-        self.class_policies = self._new_policies(seed + 3000)
-        self.class_next_cost = [RunningMean() for _ in range(n_levels - 1)]
-        self.class_level1_cost = RunningMean()
-        self.class_drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
+        self.classification = DeferralTrack(
+            config, n_levels, seed + 3000, "class_level1_cost", self._new_policy
+        )
         self.answer0_drift = DriftMonitor(config.drift_delta)
         self.n_answered0 = 0
         self.memory = ExemplarMemory(config.memory, self.router.featurizer)
@@ -175,8 +175,14 @@ class CascadeLearner:
             explore=explore,
         )
 
-    def _new_policies(self, seed: int) -> list[HedgeThresholdPolicy]:
-        return [self._new_policy(seed + position) for position in range(self.n_levels - 1)]
+    @property
+    def policies(self) -> list[HedgeThresholdPolicy]:
+        """The generation track's policies, one per non-top level."""
+        return self.generation.policies
+
+    @property
+    def class_policies(self) -> list[HedgeThresholdPolicy]:
+        return self.classification.policies
 
     # -- acting ------------------------------------------------------------------
 
@@ -216,10 +222,8 @@ class CascadeLearner:
         return trace.answer0 is not None and (trace.answer0.accept or trace.answer0.explored)
 
     def decide(self, trace: RequestTrace, position: int, score: float, cost_usd: float) -> Decision:
-        classification = trace.request.is_classification
-        policy = (self.class_policies if classification else self.policies)[position]
-        p_act_accept = policy.p_act_accept(score)
-        decision = policy.decide(score)
+        track = self.classification if trace.request.is_classification else self.generation
+        decision, p_act_accept = track.decide(position, score)
         if decision.explored:
             self.n_explored += 1
         trace.steps.append(LevelStep(position, score, decision, p_act_accept, cost_usd))
@@ -328,14 +332,16 @@ class CascadeLearner:
             self.n_requests += 1
             self.last_trace = trace
             return
-        self._update_next_costs(steps, self.next_cost)
+        self.generation.update_next_costs({p: s.cost_usd for p, s in steps.items()})
         if 0 in steps and 1 in steps:
-            self.above_level1_cost.update(sum(s.cost_usd for s in trace.steps if s.position >= 1))
+            self.generation.level1_cost.update(
+                sum(s.cost_usd for s in trace.steps if s.position >= 1)
+            )
         for step in trace.steps:
             if step.decision is None:
                 continue
             if step.kind == "policy":
-                self._update_policy(step)
+                self._update_policy(step, self.generation)
             elif step.kind == "arm":
                 self._update_arm(trace, step, labels, published_position)
         if self.use_gate and trace.gate is not None and trace.p_level1 is not None:
@@ -363,13 +369,6 @@ class CascadeLearner:
         self.n_requests += 1
         self.last_trace = trace
 
-    def _update_next_costs(self, steps: dict[int, LevelStep], means: list[RunningMean]) -> None:
-        """What deferring from a level costs, observed where it happened."""
-        for position in steps:
-            above = steps.get(position + 1)
-            if position < self.n_levels - 1 and above is not None:
-                means[position].update(above.cost_usd)
-
     def _remember(self, request_id: str, pending: Pending) -> None:
         """Keep a published answer's context for its Feedback, oldest out first."""
         self.pending[request_id] = pending
@@ -384,18 +383,18 @@ class CascadeLearner:
         request = trace.request
         assert request.label_set is not None
         steps = {s.position: s for s in trace.steps}
-        self._update_next_costs(steps, self.class_next_cost)
+        track = self.classification
+        track.update_next_costs({p: s.cost_usd for p, s in steps.items()})
         if 0 in steps:
-            self.class_level1_cost.update(steps[0].cost_usd)
+            track.level1_cost.update(steps[0].cost_usd)
         for step in trace.steps:
             if step.decision is not None:
-                self._update_policy(step, self.class_policies, self.class_next_cost,
-                                    self.class_drift)  # fmt: skip
+                self._update_policy(step, track)
         teacher = trace.teacher_label
         if teacher is not None:
             self.classifier.learn_features(trace.features, request.label_set, teacher)
         if trace.answer0 is not None and trace.confidence is not None:
-            defer_loss = self._loss_cost(self.class_level1_cost.value)
+            defer_loss = self._loss_cost(track.level1_cost.value)
             right0 = labels.get(-1)
             if right0 is None:
                 self.answer0.update_losses(trace.confidence, None, defer_loss)
@@ -419,29 +418,10 @@ class CascadeLearner:
                 min(1.0, max(published.p_act_accept, 1e-3)), published.right is not None,
             ))  # fmt: skip
 
-    def _update_policy(
-        self,
-        step: LevelStep,
-        policies: list[HedgeThresholdPolicy] | None = None,
-        next_cost: list[RunningMean] | None = None,
-        drift: list[DriftMonitor] | None = None,
-    ) -> None:
+    def _update_policy(self, step: LevelStep, track: DeferralTrack) -> None:
         assert step.decision is not None
-        policies = policies if policies is not None else self.policies
-        next_cost = next_cost if next_cost is not None else self.next_cost
-        drift = drift if drift is not None else self.drift
-        policy = policies[step.position]
-        defer_loss = self._loss_cost(next_cost[step.position].value)
-        if step.right is None:
-            policy.update_losses(step.score, None, defer_loss)
-            return
-        # The label arrives when the level deferred (the next level's answer
-        # labels it) or always, with reference labels; its probability weights it.
-        p_label = 1.0 if step.decision.accept else min(1.0, max(1e-3, 1.0 - step.p_act_accept))
-        policy.update_losses(step.score, float(not step.right), defer_loss, p_label)
-        if self.config.drift and drift[step.position].update(float(not step.right)):
-            log.info("drift at level position %d: exploration restarts", step.position)
-            policy.restart_exploration(self.config.drift_share)
+        track.update(step.position, step.score, step.right, step.decision, step.p_act_accept,
+                     self._loss_cost)  # fmt: skip
 
     def _update_arm(
         self,
@@ -480,7 +460,7 @@ class CascadeLearner:
 
     def _update_gate(self, trace: RequestTrace, first: LevelStep | None) -> None:
         assert trace.gate is not None and trace.p_level1 is not None
-        skip_loss = self._loss_cost(self.above_level1_cost.value)
+        skip_loss = self._loss_cost(self.generation.level1_cost.value)
         if first is None or first.decision is None:
             self.gate.update_losses(trace.p_level1, None, skip_loss)
             return
@@ -488,7 +468,7 @@ class CascadeLearner:
         cost_1 = first.cost_usd
         label: bool | None  # router target: level 1 would accept and is right
         if not decision.would_accept:
-            try_loss: float | None = self._loss_cost(cost_1 + self.above_level1_cost.value)
+            try_loss: float | None = self._loss_cost(cost_1 + self.generation.level1_cost.value)
             p_obs = trace.p_try
             label, weight = False, 1.0
         elif first.right is not None:
@@ -551,11 +531,12 @@ class CascadeLearner:
             if pending.position == -1:
                 policy, monitor = self.answer0, self.answer0_drift
             else:
-                policy = self.class_policies[pending.position]
-                monitor = self.class_drift[pending.position]
+                policy = self.classification.policies[pending.position]
+                monitor = self.classification.drift[pending.position]
             policy.update_losses(pending.score, wrong, None, pending.p_published)
         else:
-            policy, monitor = self.policies[pending.position], self.drift[pending.position]
+            track = self.generation
+            policy, monitor = track.policies[pending.position], track.drift[pending.position]
             # A level run by budget arms decides by its arm's threshold, not this policy.
             if self.arms_at(pending.position) is None:
                 # Only the accepting side is seen: it was published because it accepted.
@@ -574,9 +555,9 @@ class CascadeLearner:
             "answered_at_level0": self.n_answered0,
             "explorations": self.n_explored,
             "skips": self.n_skipped,
-            "drift_alarms": sum(
-                m.n_detections for m in (*self.drift, self.gate_drift, *self.class_drift)
-            ),
+            "drift_alarms": self.generation.n_drift_alarms
+            + self.gate_drift.n_detections
+            + self.classification.n_drift_alarms,
             "mu_per_usd": self.mu,
         }
 
@@ -588,21 +569,15 @@ class CascadeLearner:
             "kind": "hedge",
             "n_levels": self.n_levels,
             "mu": self.mu,
-            "policies": [p.state_dict() for p in self.policies],
+            **self.generation.state_dict(""),
             "gate": self.gate.state_dict(),
             "router": self.router.state_dict(),
-            "next_cost": [[m.value, m.n] for m in self.next_cost],
-            "above_level1_cost": [self.above_level1_cost.value, self.above_level1_cost.n],
             "budget_mean": [self.budget_mean.value, self.budget_mean.n],
-            "drift": [d.state_dict() for d in self.drift],
             "gate_drift": self.gate_drift.state_dict(),
             "memory": self.memory.state_dict(),
             "classifier": self.classifier.state_dict(),
             "answer0": self.answer0.state_dict(),
-            "class_policies": [p.state_dict() for p in self.class_policies],
-            "class_next_cost": [[m.value, m.n] for m in self.class_next_cost],
-            "class_level1_cost": [self.class_level1_cost.value, self.class_level1_cost.n],
-            "class_drift": [d.state_dict() for d in self.class_drift],
+            **self.classification.state_dict("class_"),
             "answer0_drift": self.answer0_drift.state_dict(),
             "arms": self.arms.state_dict() if self.arms is not None else None,
             "arms_rng": json_rng_state(self._arms_rng.getstate()),
@@ -620,29 +595,17 @@ class CascadeLearner:
         """Restore a snapshot (pending feedback is not part of it)."""
         check_snapshot(state, "hedge", "hedge", STATE_VERSION, self.n_levels)
         self.mu = float(state["mu"])
-        self.policies = [HedgeThresholdPolicy.from_state_dict(p) for p in state["policies"]]
+        self.generation.load_state_dict(state, "")
         self.gate = HedgeThresholdPolicy.from_state_dict(state["gate"])
         self.router = Level0Router.from_state_dict(state["router"])
-        for mean, (value, n) in zip(self.next_cost, state["next_cost"], strict=True):
-            mean.value, mean.n = float(value), int(n)
-        self.above_level1_cost.value = float(state["above_level1_cost"][0])
-        self.above_level1_cost.n = int(state["above_level1_cost"][1])
         self.budget_mean.value = float(state["budget_mean"][0])
         self.budget_mean.n = int(state["budget_mean"][1])
-        self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
         self.gate_drift = DriftMonitor.from_state_dict(state["gate_drift"])
         self.memory = ExemplarMemory(self.config.memory, self.router.featurizer)
         self.memory.load_state_dict(state["memory"])
         self.classifier = Level0Classifier.from_state_dict(state["classifier"])
         self.answer0 = HedgeThresholdPolicy.from_state_dict(state["answer0"])
-        self.class_policies = [
-            HedgeThresholdPolicy.from_state_dict(p) for p in state["class_policies"]
-        ]
-        for mean, (value, n) in zip(self.class_next_cost, state["class_next_cost"], strict=True):
-            mean.value, mean.n = float(value), int(n)
-        self.class_level1_cost.value = float(state["class_level1_cost"][0])
-        self.class_level1_cost.n = int(state["class_level1_cost"][1])
-        self.class_drift = [DriftMonitor.from_state_dict(d) for d in state["class_drift"]]
+        self.classification.load_state_dict(state, "class_")
         self.answer0_drift = DriftMonitor.from_state_dict(state["answer0_drift"])
         if self.arms is not None:
             self.arms = LevelArms(self.config.arms)
