@@ -1,18 +1,17 @@
-"""The cascade's learner state and its update rules, kept apart from running levels.
+"""The Hedge policy's learner, kept apart from running levels.
 
-One CascadeLearner holds everything learned while serving: the level-0 router
-and its gate over level 1, one deferral policy per non-top level, running cost
-estimates, the cost weight mu (steered by a budget when one is set), drift
-monitors and the exemplar memory. `state_dict` is JSON with a version number,
-so a snapshot can be written to disk or a compacted Kafka topic, restored after
-a restart, or rolled back.
+One CascadeLearner holds everything the Hedge policy learns while serving, in
+parts that each own their state: the level-0 gate over level 1 (`gate`), a
+deferral track per kind of request (`track`: policies, costs, drift), level
+0's classifier and its own answer policy, the exemplar memory and the budget
+arms; and the cost weight mu (steered by a budget when one is set).
+`state_dict` is JSON with a version number, so a snapshot can be written to
+disk or a compacted Kafka topic, restored after a restart, or rolled back.
 
 Losses, per round, for a level's deferral policy (accept vs defer):
   accept: 1 if the level's answer is wrong (a label, partially observed);
   defer:  mu * cost_usd of the next level's attempt (known, or its running mean).
-For the level-0 gate over level 1 (try level 1 vs skip it):
-  try:  mu * cost of level 1 + (wrong, if level 1 accepts; else mu * cost above);
-  skip: mu * cost above level 1 (its running mean).
+The gate's losses are in `streamcascade.learning.gate`.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from streamcascade.config import LearningConfig
 from streamcascade.learning.budget import Arm, LevelArms
 from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy, json_rng_state
 from streamcascade.learning.drift import DriftMonitor
+from streamcascade.learning.gate import Level0Gate
 from streamcascade.learning.memory import ExemplarMemory
 from streamcascade.learning.router import Level0Classifier, Level0Router
 from streamcascade.learning.running import RunningMean
@@ -39,7 +39,6 @@ from streamcascade.schemas import CodeRequest, Feedback
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-_MAX_SAMPLE_WEIGHT = 5.0  # caps an importance weight used as an SGD sample weight
 _MU_RANGE = (1e-6, 1e9)
 
 
@@ -133,11 +132,9 @@ class CascadeLearner:
         self.generation = DeferralTrack(
             config, n_levels, seed, "above_level1_cost", self._new_policy
         )
-        self.router = Level0Router(config.level0_learning_rate, n_buckets=config.level0_buckets)
+        self.level0 = Level0Gate(config, self._new_policy(seed + 1000, explore="accept"))
         self.use_gate = config.level0 and n_levels > 1
-        self.gate = self._new_policy(seed + 1000, explore="accept")
         self.budget_mean = RunningMean()  # recent spend, or share reaching the top
-        self.gate_drift = DriftMonitor(config.drift_delta)
         # Classification requests have their own track: level 0 may answer
         # them itself, and LLM levels score them by vote share, not tests.
         self.classifier = Level0Classifier(config.level0_learning_rate, config.level0_buckets)
@@ -176,6 +173,15 @@ class CascadeLearner:
         )
 
     @property
+    def router(self) -> Level0Router:
+        """Level 0's estimate of whether level 1 answers a request well."""
+        return self.level0.router
+
+    @property
+    def gate(self) -> HedgeThresholdPolicy:
+        return self.level0.policy
+
+    @property
     def policies(self) -> list[HedgeThresholdPolicy]:
         """The generation track's policies, one per non-top level."""
         return self.generation.policies
@@ -202,9 +208,7 @@ class CascadeLearner:
                 self.n_answered0 += trace.answer0.accept
             return trace
         if self.use_gate:
-            trace.p_level1 = self.router.predict_features(features)
-            trace.p_try = self.gate.p_act_accept(trace.p_level1)
-            trace.gate = self.gate.decide(trace.p_level1)
+            trace.p_level1, trace.p_try, trace.gate = self.level0.plan(features)
             if not trace.gate.accept:
                 self.n_skipped += 1
         return trace
@@ -460,35 +464,11 @@ class CascadeLearner:
 
     def _update_gate(self, trace: RequestTrace, first: LevelStep | None) -> None:
         assert trace.gate is not None and trace.p_level1 is not None
-        skip_loss = self._loss_cost(self.generation.level1_cost.value)
-        if first is None or first.decision is None:
-            self.gate.update_losses(trace.p_level1, None, skip_loss)
-            return
-        decision = first.decision
-        cost_1 = first.cost_usd
-        label: bool | None  # router target: level 1 would accept and is right
-        if not decision.would_accept:
-            try_loss: float | None = self._loss_cost(cost_1 + self.generation.level1_cost.value)
-            p_obs = trace.p_try
-            label, weight = False, 1.0
-        elif first.right is not None:
-            try_loss = min(1.0, self._loss_cost(cost_1) + float(not first.right))
-            # An explored accept is seen with probability p_explore (without
-            # reference labels), an unexplored one is not seen at all.
-            p_seen = decision.p_explore if decision.explored and not decision.accept else 1.0
-            p_obs = trace.p_try * max(p_seen, 1e-3)
-            label, weight = first.right, min(_MAX_SAMPLE_WEIGHT, 1.0 / max(p_seen, 1e-3))
-        else:
-            try_loss, p_obs, label, weight = None, 1.0, None, 0.0
-        self.gate.update_losses(trace.p_level1, try_loss, skip_loss, min(1.0, max(p_obs, 1e-3)))
-        if label is not None:
-            # The prediction made at plan time: no update has happened since.
-            predicted = trace.p_level1
-            self.router.model.learn_one(trace.features, label, w=weight)
-            self.router.n_learned += 1
-            if self.config.drift and self.gate_drift.update(float((predicted >= 0.5) != label)):
-                log.info("drift at level 0: gate exploration restarts")
-                self.gate.restart_exploration(self.config.drift_share)
+        ran = None
+        if first is not None and first.decision is not None:
+            ran = (first.decision, first.cost_usd, first.right)
+        self.level0.update(trace.features, trace.p_level1, trace.p_try, ran,
+                           self.generation.level1_cost.value, self._loss_cost)  # fmt: skip
 
     def _update_budget(self, trace: RequestTrace) -> None:
         """Dual ascent on the budget: while the running mean of the spend (or of
@@ -542,8 +522,7 @@ class CascadeLearner:
                 # Only the accepting side is seen: it was published because it accepted.
                 policy.update_losses(pending.score, wrong, None, pending.p_published)
             if pending.position == 0:
-                self.router.model.learn_one(pending.features, feedback.passed)
-                self.router.n_learned += 1
+                self.level0.learn_feedback(pending.features, feedback.passed)
         if self.config.drift and monitor.update(wrong):
             policy.restart_exploration(self.config.drift_share)
         return True
@@ -556,7 +535,7 @@ class CascadeLearner:
             "explorations": self.n_explored,
             "skips": self.n_skipped,
             "drift_alarms": self.generation.n_drift_alarms
-            + self.gate_drift.n_detections
+            + self.level0.drift.n_detections
             + self.classification.n_drift_alarms,
             "mu_per_usd": self.mu,
         }
@@ -570,10 +549,8 @@ class CascadeLearner:
             "n_levels": self.n_levels,
             "mu": self.mu,
             **self.generation.state_dict(""),
-            "gate": self.gate.state_dict(),
-            "router": self.router.state_dict(),
+            **self.level0.state_dict(),
             "budget_mean": [self.budget_mean.value, self.budget_mean.n],
-            "gate_drift": self.gate_drift.state_dict(),
             "memory": self.memory.state_dict(),
             "classifier": self.classifier.state_dict(),
             "answer0": self.answer0.state_dict(),
@@ -596,11 +573,9 @@ class CascadeLearner:
         check_snapshot(state, "hedge", "hedge", STATE_VERSION, self.n_levels)
         self.mu = float(state["mu"])
         self.generation.load_state_dict(state, "")
-        self.gate = HedgeThresholdPolicy.from_state_dict(state["gate"])
-        self.router = Level0Router.from_state_dict(state["router"])
+        self.level0.load_state_dict(state)
         self.budget_mean.value = float(state["budget_mean"][0])
         self.budget_mean.n = int(state["budget_mean"][1])
-        self.gate_drift = DriftMonitor.from_state_dict(state["gate_drift"])
         self.memory = ExemplarMemory(self.config.memory, self.router.featurizer)
         self.memory.load_state_dict(state["memory"])
         self.classifier = Level0Classifier.from_state_dict(state["classifier"])
