@@ -41,6 +41,8 @@ def explain(answer: CascadeAnswer) -> str:
         if attempt.tests is not None:
             summary = attempt.tests
             tests = f", tests {summary.n_passed}/{summary.n_tests} passed"
+            if summary.n_passed_untrusted:
+                tests += f" ({summary.n_passed_untrusted} judged inside the sandbox)"
             if summary.n_timed_out:
                 tests += f" ({summary.n_timed_out} timed out)"
             if summary.first_failure:

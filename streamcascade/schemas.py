@@ -130,6 +130,11 @@ class TestSummary(BaseModel):
     n_timed_out: int = 0
     # Why the first failing test failed, e.g. "AssertionError" or "timed out".
     first_failure: str | None = None
+    n_passed_untrusted: int = Field(
+        default=0,
+        description="Passes judged inside the sandboxed process (tests the parent could not "
+        "split into calls and a comparison): the program could have forged them.",
+    )
 
 
 class Attempt(BaseModel):

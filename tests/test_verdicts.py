@@ -223,3 +223,13 @@ def test_imitation_cannot_be_forged_by_a_program_that_is_equal_to_everything(box
     reference = "def f(x):\n    return x + 1\n"
     assert agreement(box, reference, FORGERIES["always-equal object"], ["f(1)", "f(2)"]) is False
     assert agreement(box, reference, "def f(x):\n    return 1 + x\n", ["f(1)", "f(2)"]) is True
+
+
+def test_a_levels_summary_counts_passes_judged_inside_the_sandbox(box: Sandbox) -> None:
+    from streamcascade.cascade.level import _summary
+
+    result = box.run("def f(x):\n    return x + 1\n",
+                     ["assert f(1) == 2", "y = f(1)\nassert y == 2", "assert f(1) == 5"])  # fmt: skip
+    summary = _summary(result, [0, 1, 2])
+    assert (summary.n_passed, summary.n_passed_untrusted) == (2, 1)
+    assert _summary(result, [0, 2]).n_passed_untrusted == 0

@@ -54,11 +54,17 @@ def _summary(result: ExecutionResult, columns: Sequence[int]) -> TestSummary:
     failures = [s for s in status if s != "passed"]
     if result.load_status != "ok":
         failures.insert(0, f"load {result.load_status}")
+    trusted = result.trusted or [False] * len(result.test_status)
     return TestSummary(
         n_tests=len(status),
         n_passed=sum(s == "passed" for s in status),
         n_timed_out=sum(s == "timed out" for s in status),
         first_failure=failures[0][:300] if failures else None,
+        n_passed_untrusted=sum(
+            result.test_status[j] == "passed" and not trusted[j] for j in columns
+        )
+        if result.test_status
+        else 0,
     )
 
 

@@ -324,6 +324,7 @@ class Sandbox:
         passes when the output matches (see `compare.same_output`). The
         comparison is made here, outside the process that ran the program."""
         result = self.run_program(program, [stdin for stdin, _ in cases])
+        result.trusted = [True] * len(cases)  # compared here, not in the child
         for i, (_, expected) in enumerate(cases):
             output = result.outputs[i]
             if result.test_status[i] == "ran" and output is not None:
