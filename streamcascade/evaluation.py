@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
+from streamcascade.pyparse import parse
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
 
@@ -13,7 +14,7 @@ from streamcascade.schemas import CodeRequest
 def _calls_check(code: str) -> bool:
     """Whether the test code already calls `check(...)` at its top level (MBPP's do)."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return False
     return any(

@@ -20,6 +20,7 @@ MODULES = [
     "streamcascade.sandbox.verdicts",
     "streamcascade.sandbox.leases",
     "streamcascade.models.hub",
+    "streamcascade.pyparse",
 ]
 
 

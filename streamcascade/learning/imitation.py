@@ -21,6 +21,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from streamcascade.pyparse import parse
 from streamcascade.sandbox import Sandbox
 
 
@@ -81,7 +82,7 @@ def probe_calls(
     seen: list[tuple[list[Any], dict[str, Any]]] = []
     for test in tests:
         try:
-            tree = ast.parse(test)
+            tree = parse(test)
         except SyntaxError:
             continue
         for node in ast.walk(tree):

@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streamcascade.pyparse import parse
+
 __all__ = [
     "MAX_VALUE_BYTES",
     "BadValue",
@@ -228,7 +230,7 @@ class _Rename(ast.NodeTransformer):
 def plan_test(test: str) -> TestPlan | None:
     """How to run `test` with the verdict made here, or None: run it the old way."""
     try:
-        tree = ast.parse(test)
+        tree = parse(test)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     statements: list[ast.stmt] = [s for s in tree.body if not _is_inert(s)]
@@ -259,7 +261,7 @@ def plan_test(test: str) -> TestPlan | None:
         if isinstance(statement, ast.Assign):
             own.update(t.id for t in statement.targets if isinstance(t, ast.Name))
     for hole in splitter.holes:
-        if any(isinstance(n, ast.Name) and n.id in own for n in ast.walk(ast.parse(hole))):
+        if any(isinstance(n, ast.Name) and n.id in own for n in ast.walk(parse(hole))):
             return None
     source = ast.unparse(ast.Module(body=prelude, type_ignores=[])) if prelude else ""
     return TestPlan(source, splitter.holes, asserts)

@@ -12,6 +12,8 @@ import builtins
 import re
 from collections.abc import Callable, Sequence
 
+from streamcascade.pyparse import parse
+
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _BUILTIN_NAMES = frozenset(dir(builtins))
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -34,7 +36,7 @@ def _parse_prefix(source: str) -> ast.Module | None:
     lines = source.splitlines()
     for end in range(len(lines), 0, -1):
         try:
-            return ast.parse("\n".join(lines[:end]))
+            return parse("\n".join(lines[:end]))
         except SyntaxError:
             continue
     return None
@@ -108,7 +110,7 @@ def _tolerant(line: str) -> str:
     means equal up to rounding, so a comparison with a float literal becomes
     math.isclose. Everything else is left exactly as written."""
     try:
-        node = ast.parse(line).body[0]
+        node = parse(line).body[0]
     except (SyntaxError, IndexError):
         return line
     if not isinstance(node, ast.Assert):
@@ -171,7 +173,7 @@ def extract_asserts(text: str, entry_point: str, max_lines: int) -> list[str]:
 def normalize_assert(line: str) -> str:
     """A key under which equivalent asserts dedupe (formatting differences only)."""
     try:
-        return ast.dump(ast.parse(line))
+        return ast.dump(parse(line))
     except SyntaxError:
         return " ".join(line.split())
 
@@ -215,7 +217,7 @@ def examples_as_asserts(prompt: str, entry_point: str) -> list[str]:
                 continue
             line = f"assert {call} == {want}"
             try:
-                tree = ast.parse(line)
+                tree = parse(line)
             except SyntaxError:
                 continue
             # `fib4(n)` or `is_happy(abcd)` in prose are not runnable examples.
