@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,7 @@ def dead_letter(
     )
 
 
-class Delivery:
+class Delivery(ABC):
     """Owns the producer; `commit` writes a batch with its offsets, `write`
     writes outputs that have no offsets (dead letters from the inbox, snapshots).
 
@@ -122,10 +123,10 @@ class Delivery:
                 log.warning("a new producer failed (%r): retrying", error)
                 time.sleep(1.0)
 
+    @abstractmethod
     def commit(self, consumer: Any, outputs: list[Output], offsets: dict[Any, Any]) -> None:
         """Write the batch's outputs and commit its offsets (those of partitions
         the consumer still owns); `BatchFailed` when it could not."""
-        raise NotImplementedError
 
     def write(self, outputs: list[Output]) -> None:
         """Outputs with no offsets to commit alongside."""
