@@ -7,6 +7,7 @@ receives a typed config object.
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,13 +274,23 @@ class LearningConfig(BaseModel):
 
     model_config = _FROZEN
     enabled: bool = False
-    policy: Literal["router", "hedge"] = Field(
+    policy: str = Field(
         default="router",
-        description="router: cascade routing on learned quality estimates (any level may "
-        "be skipped); hedge: a Hedge threshold policy per level, with the level-0 gate, "
-        "classification track and budget arms.",
+        description="An entry point of `streamcascade.policies`. router: cascade routing on "
+        "learned quality estimates (any level may be skipped); hedge: a Hedge threshold "
+        "policy per level, with the level-0 gate, classification track, budget arms and "
+        "exemplar memory.",
     )
     router: RouterConfig = RouterConfig()
+
+    @field_validator("policy")
+    @classmethod
+    def _installed_policy(cls, name: str) -> str:
+        installed = sorted(ep.name for ep in entry_points(group="streamcascade.policies"))
+        if name not in installed:
+            raise ValueError(f"unknown policy {name!r}: installed are {', '.join(installed)}")
+        return name
+
     mu: float = Field(default=100.0, ge=0.0, description="Weight of cost_usd in the loss (1/USD).")
     budget_usd_per_request: float | None = Field(
         default=None, gt=0, description="Steer mu online so the mean cost meets this budget."

@@ -149,3 +149,61 @@ def test_one_requests_own_error_fails_it_alone(sandbox: Sandbox) -> None:
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 4)
     with pytest.raises(KeyError):
         CascadeEngine(levels).process_one(request(4))
+
+
+def _hedge(levels: list[Level], sandbox: Sandbox, fallback: Level | None = None) -> tuple:
+    from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
+    from streamcascade.config import LearningConfig
+    from streamcascade.learning.learner import CascadeLearner
+
+    learner = CascadeLearner(LearningConfig(enabled=True, level0=False, seed=5), len(levels))
+    engine = OnlineCascadeEngine(levels, learner, Labeler(sandbox, "imitation"), fallback=fallback)
+    return engine, learner
+
+
+def test_the_hedge_policy_batches_on_the_one_loop_and_a_failed_level_passes_it_on(
+    sandbox: Sandbox,
+) -> None:
+    """The Hedge policy drives the same loop as the fixed one: a batch is one
+    backend call per level step, and a failed level sends requests up."""
+    requests = [request(i) for i in range(9)]
+    backends, levels = ladder(sandbox)
+    engine, learner = _hedge(levels, sandbox)
+    answers = engine.process_many(requests)
+    assert all(not isinstance(a, BaseException) for a in answers)
+    assert backends[0].batches == [9, 9]  # every request starts at level 1, in one call
+    assert learner.n_requests == 9
+    # Every answer records the Hedge decisions that led to it.
+    assert all(a.route and a.route[0].policy == "hedge" for a in answers if a.level < 3)
+
+    backends, levels = ladder(sandbox, small=True)
+    engine, learner = _hedge(levels, sandbox)
+    answers = engine.process_many(requests)
+    for answer in answers:
+        assert not isinstance(answer, BaseException)
+        assert [f.name for f in answer.failed_levels] == ["small"] and answer.level in (2, 3)
+    assert learner.n_requests == 9
+
+
+def test_under_the_hedge_policy_a_failed_top_goes_to_the_fallback(sandbox: Sandbox) -> None:
+    requests = [request(i) for i in range(6)]
+    fallback = level(4, ById("hosted", 4), sandbox, threshold=0.0)
+    _, levels = ladder(sandbox, big=True)
+    engine, learner = _hedge(levels, sandbox, fallback)
+    results = engine.process_many(requests)
+    assert not any(isinstance(r, BaseException) for r in results)
+    served = [r for r in results if not isinstance(r, BaseException) and r.level == 4]
+    assert served and all(r.model == "hosted" for r in served)
+    # The fallback's answers teach no threshold; the others do.
+    assert learner.n_requests == len(requests) - len(served)
+
+
+def test_the_policy_is_an_entry_point_and_an_unknown_one_lists_the_installed() -> None:
+    from pydantic import ValidationError
+
+    from streamcascade.cascade.drivers import policy_names
+    from streamcascade.config import LearningConfig
+
+    assert {"hedge", "router"} <= set(policy_names())
+    with pytest.raises(ValidationError, match="unknown policy 'bandit': installed are hedge"):
+        LearningConfig(policy="bandit")

@@ -110,6 +110,7 @@ def test_a_config_typo_is_one_line_naming_the_file_and_field(
     err = capsys.readouterr().err.strip().splitlines()
     line = 1 + learning.read_text().splitlines().index("  policy: router")
     assert err[0] == (
-        f"error: {typo}: line {line}, learning.policy: Input should be 'router' or 'hedge'"
+        f"error: {typo}: line {line}, learning.policy: Value error, "
+        "unknown policy 'routr': installed are hedge, router"
     )
     assert len(err) == 2 and err[1].startswith("hint: ")

@@ -82,6 +82,9 @@ class RouteState:
     """The top model was called by the exploration floor, not by the estimates."""
     decisions: list[Decision] = field(default_factory=list)
     """Why each step was taken, for `streamcascade explain`."""
+    context: Any = None
+    """What a policy keeps about this request between its steps (the Hedge
+    policy's trace); the loop never reads it."""
 
     @property
     def ran(self) -> frozenset[int]:
