@@ -289,7 +289,7 @@ class SwitchLevel(Level):
         self.switched = False
 
     def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
-        # The routed engine calls `step`, the Hedge engine `attempt`: both switch.
+        # The loop calls `step`, or `attempt` for exemplars and arms: both switch.
         return (self.after if self.switched else self.before).step(requests)
 
     def attempt(

@@ -97,7 +97,7 @@ class Level:
             outcomes.update(zip(indices, done, strict=True))
         return [outcomes[i] for i in range(len(requests))]
 
-    # -- function requests with exemplars or budget arms (the Hedge engine) ----------
+    # -- function requests with exemplars or budget arms (the Hedge driver) ----------
 
     def attempt(
         self,
