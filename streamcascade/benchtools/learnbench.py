@@ -18,7 +18,7 @@ import logging
 import random
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class LadderWorld:
         self.requests = list(requests)
         self.sandbox = sandbox
         self.grader = grader
-        self.levels = caching_levels(config, sandbox)
+        self.levels: list[Level] = list(caching_levels(config, sandbox))
         wrap = progress or (lambda items, _label: items)
         self.correct: list[dict[str, bool]] = []
         self.cost: list[dict[str, float]] = []
@@ -280,17 +280,37 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
 
 
 class SwitchLevel(Level):
-    """A level whose model is swapped for another's at some point of the stream
-    (same name, position and prices): the drift run's change."""
+    """A level whose model is swapped for another's at some point of the stream,
+    as a provider might swap the model behind a name: the same name, position
+    and prices, the other model's answers (billed at this level's prices for
+    the tokens they took). The drift run's change."""
 
-    def __init__(self, before: Level, after: Level) -> None:
+    def __init__(self, before: Level, after: Level, switched: bool = False) -> None:
         super().__init__(before.index, before.config, before.backend, before.sandbox)
         self.before, self.after = before, after
-        self.switched = False
+        self.switched = switched
+
+    def _as_own(self, outcome: LevelOutcome) -> LevelOutcome:
+        if not self.switched:
+            return outcome
+        attempt = outcome.attempt
+        billed = attempt.model_copy(
+            update={
+                "level": self.index,
+                "model": self.backend.model_name,
+                "cost_usd": (
+                    attempt.tokens_in * self.config.price_in_usd_per_1m
+                    + attempt.tokens_out * self.config.price_out_usd_per_1m
+                )
+                / 1_000_000,
+            }
+        )
+        return replace(outcome, attempt=billed)
 
     def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
         # The loop calls `step`, or `attempt` for exemplars and arms: both switch.
-        return (self.after if self.switched else self.before).step(requests)
+        level = self.after if self.switched else self.before
+        return [self._as_own(outcome) for outcome in level.step(requests)]
 
     def attempt(
         self,
@@ -298,7 +318,8 @@ class SwitchLevel(Level):
         exemplars: Sequence[tuple[str, str]] = (),
         arm: Arm | None = None,
     ) -> LevelOutcome:
-        return (self.after if self.switched else self.before).attempt(request, exemplars, arm)
+        level = self.after if self.switched else self.before
+        return self._as_own(level.attempt(request, exemplars, arm))
 
 
 def _plt() -> Any:

@@ -227,8 +227,10 @@ def pareto(
     """The rules no other rule beats on both pass@1 and cost, as (pass@1 %, cost %
     of the top level alone), cheapest first."""
     front: list[tuple[float, float]] = []
+    best = -1.0
     for right, cost in sorted(figures, key=lambda f: (f[1], -f[0])):
-        if not front or right > front[-1][0] / 100:
+        if right > best:  # compared as fractions: a percentage back to a fraction rounds
+            best = right
             front.append((100 * right, 100 * cost / top_cost_usd))
     return front
 
@@ -266,13 +268,19 @@ def router_overhead_us(
 
 def swapped_world(world: LadderWorld, swapped: int, replacement: int) -> LadderWorld:
     """The same world, but the level at `swapped` answers with the recordings of
-    the level at `replacement` (at its own price)."""
+    the level at `replacement`, at its own prices (`SwitchLevel`, switched):
+    its levels, answers, pass bits and costs all say so."""
     other = object.__new__(LadderWorld)
     other.__dict__.update(world.__dict__)
+    switch = SwitchLevel(world.levels[swapped], world.levels[replacement], switched=True)
+    other.levels = [switch if i == swapped else level for i, level in enumerate(world.levels)]
     other.correct = [dict(c) for c in world.correct]
     other.passes = [dict(p) for p in world.passes]
+    other.cost = [dict(c) for c in world.cost]
     other.correct[swapped] = dict(world.correct[replacement])
     other.passes[swapped] = dict(world.passes[replacement])
+    other.cost[swapped] = {r.id: switch.step([r])[0].attempt.cost_usd for r in world.requests}
+    other.top_cost_usd = sum(other.cost[-1].values())
     return other
 
 
@@ -460,6 +468,7 @@ def route_learn(
     after = swapped_world(world, swapped, replacement)
     drift_rows = []
     recoveries: list[int | None] = []
+    fresh_recoveries: list[int | None] = []
     for seed in range(n_orders):
         first, second = orders(world.requests, 2 * seed + 2)[-2:]
         switch = SwitchLevel(world.levels[swapped], world.levels[replacement])
@@ -468,6 +477,10 @@ def route_learn(
         half = len(first)
         best_after = best_rule_losses(after, rules, second, mu)
         recoveries.append(recovery_requests(run.losses[half:], best_after, 0))
+        # What adapting costs, apart from what the new world allows: a router
+        # that never saw the old world, on the same stream.
+        fresh = router_run(after, base, second, "fresh", mu, seed=seed)
+        fresh_recoveries.append(recovery_requests(run.losses[half:], fresh.losses, 0))
         n1, p1, c1 = run.result.phase_results[0]
         drift_rows.append(
             {
@@ -475,6 +488,9 @@ def route_learn(
                 "pass_after": (run.result.n_passed - p1) / (run.result.n - n1),
                 "cost_pct_before": 100 * c1 / top_usd,
                 "cost_pct_after": 100 * (run.result.cost_usd - c1) / top_usd,
+                "loss_after": sum(run.losses[half:]),
+                "loss_fresh_router": sum(fresh.losses),
+                "loss_best_rule": sum(best_after),
             }
         )
     overhead = router_overhead_us(base, world, headline[0])
@@ -502,7 +518,13 @@ def route_learn(
         f"{statistics.mean(d['cost_pct_before'] for d in drift_rows):.1f}% before, "
         f"{statistics.mean(d['cost_pct_after'] for d in drift_rows):.1f}% after; requests "
         f"until its loss since the swap is within 5% of the new best rule's, for good: "
-        + ", ".join("never" if r is None else str(r) for r in recoveries),
+        + ", ".join("never" if r is None else str(r) for r in recoveries)
+        + "; its loss since the swap "
+        + f"{statistics.mean(d['loss_after'] for d in drift_rows):.1f}, a fresh router's on "
+        f"the new world {statistics.mean(d['loss_fresh_router'] for d in drift_rows):.1f}, "
+        f"the new best rule's {statistics.mean(d['loss_best_rule'] for d in drift_rows):.1f}; "
+        "requests until within 5% of the fresh router's, for good: "
+        + ", ".join("never" if r is None else str(r) for r in fresh_recoveries),
         f"Router overhead (featurize, decide, learn), {overhead['n']:.0f} requests: "
         f"median {overhead['median_us']:.1f} us, p99 {overhead['p99_us']:.1f} us",
     ]
@@ -519,6 +541,7 @@ def route_learn(
         "ceiling_front": ceiling_front,
         "drift": drift_rows,
         "drift_recovery_requests": recoveries,
+        "drift_recovery_vs_fresh_router": fresh_recoveries,
         "router_overhead": overhead,
     }
     return LadderLearnReport("\n".join(lines), payload, pngs)
