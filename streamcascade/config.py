@@ -263,12 +263,6 @@ class RouterConfig(BaseModel):
         le=1,
         description="Among answers estimated this close to the best, the latest level's wins.",
     )
-    state_spread: bool = Field(
-        default=True,
-        description="Keep how far off each ex-ante estimate usually is per state (which "
-        "levels ran, passed, agreed), so a level whose answer the state already predicts "
-        "is not run for evidence it cannot bring.",
-    )
 
 
 class LearningConfig(BaseModel):

@@ -326,43 +326,20 @@ def test_a_switched_level_answers_with_the_other_model_in_both_engines(sandbox: 
     assert after.step([REQUEST])[0].attempt.cost_usd == pytest.approx((100 + 10) * 0.1 / 1e6)
 
 
-def test_state_spread_sees_that_a_level_brings_no_evidence_where_the_state_predicts_it() -> None:
-    # Level 1 answers as level 0 does: unpredictable before anything ran, a
-    # foregone conclusion once level 0 has run. Kept per state, the spread says so,
-    # and running level 1 after level 0 is worth less than one spread per level says.
-    def trained(state_spread: bool) -> CascadeRouter:
-        router = CascadeRouter(
-            RouterSettings(n_levels=3, explore_floor=0.0, seed=0, state_spread=state_spread)
-        )
-        rng = random.Random(0)
-        for i in range(300):
-            passes = rng.random() < 0.5
-            state = RouteState({})
-            for m in [0, 1, 2] if i % 2 else [1, 0, 2]:
-                score = 1.0 if passes or m == 2 else 0.0
-                state.add(Observation(m, True, score, 1, 60, 0.01 * (m + 1)),
-                          {k: k < 2 or passes for k in state.ran})  # fmt: skip
-            router.observe(state, {0: passes, 1: passes})
-        return router
-
-    def gain_of_running_level_1(router: CascadeRouter) -> float:
-        state = RouteState({})
-        state.add(Observation(0, True, 1.0, 1, 60, 0.01), {})
-        values = router.plan_values(state, router.quality_of(state, 0), 1.0, [0.01, 0.02, 0.2])
-        return values[(1,)] - values[()]
-
-    per_level, per_state = trained(False), trained(True)
-    after_level_0 = "bias o0.P"
-    assert per_state._spread_of(1, after_level_0) < 0.5 * per_state._spread_of(1, "bias")
-    assert gain_of_running_level_1(per_state) < 0.6 * gain_of_running_level_1(per_level)
-    again = CascadeRouter(RouterSettings(n_levels=3, state_spread=True))
-    again.load_state_dict(json.loads(json.dumps(per_state.state_dict())))
-    assert gain_of_running_level_1(again) == gain_of_running_level_1(per_state)
-
-
 def test_the_rules_pareto_front_lists_each_pass_rate_once() -> None:
     # 130/164 as a percentage and back is not 130/164 in floating point: the
     # front once listed one pass rate at every dearer cost.
     right = 130 / 164
     figures = [(right, 0.20), (right, 0.21), (right, 0.22), (0.5, 0.01), (0.9, 0.5), (0.4, 0.3)]
     assert pareto(figures, 1.0) == [(50.0, 1.0), (100 * right, 20.0), (90.0, 50.0)]
+
+
+def test_every_router_setting_of_the_config_reaches_the_router() -> None:
+    router = RouterConfig(answer_margin=0.2, explore_floor=0.1, ex_ante_scale=0.5)
+    learner = RouteLearner(LearningConfig(enabled=True, router=router), _level_configs(2))
+    settings = learner.router.settings
+    assert (settings.answer_margin, settings.explore_floor, settings.ex_ante_scale) == (
+        0.2,
+        0.1,
+        0.5,
+    )

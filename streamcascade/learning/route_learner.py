@@ -110,7 +110,6 @@ class RouteLearner:
                 top_quality_failed=settings.top_quality_failed,
                 ex_ante_scale=settings.ex_ante_scale,
                 answer_margin=settings.answer_margin,
-                state_spread=settings.state_spread,
                 seed=config.seed,
             )
         )

@@ -181,8 +181,6 @@ class RouterSettings:
     """... and to one that fails them."""
     ex_ante_scale: float = 0.0
     answer_margin: float = 0.05
-    state_spread: bool = True
-    """Keep the ex-ante estimates' spread per state, not only per model."""
     seed: int = 0
 
 
@@ -195,10 +193,6 @@ class _Mean:
     def update(self, x: float) -> None:
         self.n += 1
         self.value += (x - self.value) / min(self.n, 200)
-
-
-def _spread_key(x: dict[str, float]) -> str:
-    return " ".join(sorted(name for name in x if not name.startswith("r.")))
 
 
 def _phi(x: float) -> float:
@@ -332,21 +326,11 @@ class CascadeRouter:
         self.value = [self._model(VALUE_PRIOR) for _ in range(n)]
         # The observed squared error of each ex-ante estimate.
         self.spread = [_Mean(SPREAD_PRIOR) for _ in range(n)]
-        # ... and per state (which levels ran, passed, agreed): a level whose
-        # answer the state already predicts brings no evidence there.
-        self.state_spread: list[dict[str, _Mean]] = [{} for _ in range(n)]
         # Whether the top model's answer passes its own tests, from the state below it.
         self.top_passes = self._model(TOP_PASSES_PRIOR)
         self.rng = random.Random(settings.seed)
         self.n_decisions = 0
         self.n_forced = 0
-
-    def _spread_of(self, m: int, key: str) -> float:
-        if self.settings.state_spread:
-            mean = self.state_spread[m].get(key)
-            if mean is not None:
-                return mean.value
-        return self.spread[m].value
 
     def _model(self, prior_means: dict[str, float]) -> BayesLogit:
         return BayesLogit(self.settings.prior_precision, self.settings.forgetting, prior_means)
@@ -391,11 +375,9 @@ class CascadeRouter:
         # The max's moments over each set of cheap levels, each set built from a
         # smaller one by one more max (sets in increasing order of their members).
         moments: dict[tuple[int, ...], tuple[float, float, float]] = {(): (best, 0.0, 0.0)}
-        key = _spread_key(x) if self.settings.state_spread else ""
         for m in sorted(ex_ante):
-            spread = self._spread_of(m, key)
             for plan, (mean, variance, cost) in list(moments.items()):
-                mean, variance = _clark_max(mean, variance, ex_ante[m], spread)
+                mean, variance = _clark_max(mean, variance, ex_ante[m], self.spread[m].value)
                 moments[(*plan, m)] = (mean, variance, cost + cost_usd[m])
         values: dict[tuple[int, ...], float] = {}
         with_top = self.top in remaining
@@ -500,11 +482,6 @@ class CascadeRouter:
             target = self.quality[m].predict_one(quality_features(state, m, [*before, m]))
             error = target - self.value[m].predict_one(x)
             self.spread[m].update(error * error)
-            if self.settings.state_spread:
-                key = _spread_key(x)
-                if key not in self.state_spread[m]:
-                    self.state_spread[m][key] = _Mean(self.spread[m].value)
-                self.state_spread[m][key].update(error * error)
             self.value[m].learn_one(x, target, weight)
 
     def observe_quality(
@@ -531,9 +508,6 @@ class CascadeRouter:
             "quality": [m.state_dict() for m in self.quality],
             "value": [m.state_dict() for m in self.value],
             "spread": [[m.value, m.n] for m in self.spread],
-            "state_spread": [
-                {key: [m.value, m.n] for key, m in spreads.items()} for spreads in self.state_spread
-            ],
             "top_passes": self.top_passes.state_dict(),
             "rng": list(self.rng.getstate()[1]),
             "n_decisions": self.n_decisions,
@@ -544,10 +518,6 @@ class CascadeRouter:
         self.quality = [BayesLogit.from_state_dict(m) for m in state["quality"]]
         self.value = [BayesLogit.from_state_dict(m) for m in state["value"]]
         self.spread = [_Mean(float(v), int(n)) for v, n in state["spread"]]
-        self.state_spread = [
-            {str(key): _Mean(float(v), int(n)) for key, (v, n) in spreads.items()}
-            for spreads in state.get("state_spread", [{} for _ in self.spread])
-        ]
         self.top_passes = BayesLogit.from_state_dict(state["top_passes"])
         self.rng.setstate((3, tuple(state["rng"]), None))
         self.n_decisions = int(state["n_decisions"])
