@@ -24,6 +24,7 @@ from typing import Any
 
 from streamcascade.benchtools.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
+from streamcascade.cascade.level import cost_usd
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
 from streamcascade.learning.budget import Arm
@@ -298,11 +299,7 @@ class SwitchLevel(Level):
             update={
                 "level": self.index,
                 "model": self.backend.model_name,
-                "cost_usd": (
-                    attempt.tokens_in * self.config.price_in_usd_per_1m
-                    + attempt.tokens_out * self.config.price_out_usd_per_1m
-                )
-                / 1_000_000,
+                "cost_usd": cost_usd(self.config, attempt.tokens_in, attempt.tokens_out),
             }
         )
         return replace(outcome, attempt=billed)

@@ -42,7 +42,8 @@ class _Run:
     sandbox_s: float
 
 
-def _cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
+def cost_usd(config: LevelConfig, tokens_in: int, tokens_out: int) -> float:
+    """What a level's tokens cost at its prices (USD per 1M tokens in and out)."""
     return (
         tokens_in * config.price_in_usd_per_1m + tokens_out * config.price_out_usd_per_1m
     ) / 1_000_000
@@ -332,7 +333,7 @@ class Level:
             tokens_out=tokens_out,
             generation_s=run.generation_s,
             sandbox_s=run.sandbox_s,
-            cost_usd=_cost_usd(config, tokens_in, tokens_out),
+            cost_usd=cost_usd(config, tokens_in, tokens_out),
         )
         log.debug(
             "level %d on %s: score %.2f accepted=%s",
@@ -379,6 +380,6 @@ class Level:
             tokens_out=tokens_out,
             generation_s=generation_s,
             sandbox_s=0.0,
-            cost_usd=_cost_usd(config, tokens_in, tokens_out),
+            cost_usd=cost_usd(config, tokens_in, tokens_out),
         )
         return LevelOutcome(attempt=attempt, code="", label=label_or_none)
