@@ -9,7 +9,6 @@ sandbox cgroup.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -25,7 +24,8 @@ from streamcascade.benchtools.faults import (
     write_replay_config,
 )
 from streamcascade.config import KafkaConfig
-from streamcascade.sandbox.leases import BASE_UID, LOCK_DIR, N_UIDS
+from streamcascade.sandbox.cgroups import slot_groups
+from streamcascade.sandbox.leases import BASE_UID, N_UIDS, UidLeaser
 from streamcascade.service.broker import LocalKafka
 from streamcascade.service.kafka_io import client_settings, ensure_topics
 from streamcascade.service.tools import record_key
@@ -66,16 +66,10 @@ def rss_kb(pid: int) -> int:
 def _leased(uid: int) -> bool:
     """Whether a live process holds the uid's lease (see `sandbox.leases`):
     its processes and cgroup are that sandbox's own, not leftovers."""
-    path = LOCK_DIR / f"{uid}.lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    lease = UidLeaser().try_lease(uid)
+    if lease is None:
         return True
-    finally:
-        os.close(fd)  # releases the lock if it was taken here
+    lease.release()
     return False
 
 
@@ -103,10 +97,9 @@ def sysv_objects() -> int:
 def sandbox_cgroups() -> int:
     """Slot cgroups whose uid no live sandbox holds: leftovers."""
     return sum(
-        1
-        for c in ("memory", "pids")
-        for path in Path(f"/sys/fs/cgroup/{c}/streamcascade").glob("slot-*")
-        if not _leased(int(path.name.removeprefix("slot-")))
+        len(dirs)
+        for uid, dirs in slot_groups().items()
+        if not BASE_UID <= uid < BASE_UID + N_UIDS or not _leased(uid)
     )
 
 

@@ -11,9 +11,10 @@ per-process limits stay as a second line.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ class RunCgroup:
         return path
 
     def _unified(self, root: Path, name: str, memory_bytes: str, max_processes: int) -> None:
-        own = Path(Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1].lstrip("/"))
-        parent = self._make(root / own / GROUP)
+        parent = self._make(_own_group(root) / GROUP)
         # A v2 group passes controllers down only when asked, and only from a
         # group without processes of its own: ours is made for that.
         _write(parent / "cgroup.subtree_control", "+memory +pids")
@@ -75,12 +75,62 @@ class RunCgroup:
 
     def remove(self) -> None:
         """Remove the groups (empty once their processes are reaped)."""
-        for directory in reversed(self.dirs):
-            if directory.name == GROUP:
-                continue  # shared by every slot on the host
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        remove_groups([d for d in reversed(self.dirs) if d.name != GROUP])  # GROUP: host-wide
         self.dirs = []
+
+
+def _own_group(root: Path) -> Path:
+    """This process's own v2 group."""
+    own = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1].lstrip("/")
+    return root / own
+
+
+def _slot_parents(root: Path) -> list[Path]:
+    """Where this process's slot groups live (see `RunCgroup`)."""
+    if (root / "cgroup.controllers").exists():
+        return [_own_group(root) / GROUP]
+    return [root / "memory" / GROUP, root / "pids" / GROUP]
+
+
+def slot_groups(root: Path = ROOT) -> dict[int, list[Path]]:
+    """Every slot group on the host, by the uid it is named for (`slot-UID`),
+    whoever made it: a sandbox killed before it closed leaves its own."""
+    groups: dict[int, list[Path]] = {}
+    for parent in _slot_parents(root):
+        for path in sorted(parent.glob("slot-*")) if parent.is_dir() else ():
+            uid = path.name.removeprefix("slot-")
+            if uid.isdigit() and path.is_dir():
+                groups.setdefault(int(uid), []).append(path)
+    return groups
+
+
+def remove_groups(dirs: list[Path], wait_s: float = 2.0) -> bool:
+    """rmdir each group; True when none is left. A group whose last process
+    is still exiting is busy for a moment, so a busy one is retried for
+    `wait_s`; one still left is logged, never silently kept (the next sandbox
+    to start reclaims it, see `runner.reclaim_stale_groups`)."""
+    deadline = time.monotonic() + wait_s
+    left = list(dirs)
+    while True:
+        busy = []
+        for directory in left:
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                if error.errno != errno.EBUSY:
+                    log.warning("sandbox cgroup %s not removed: %s", directory, error)
+                    continue
+                busy.append(directory)
+        if not busy:
+            return not any(d.exists() for d in dirs)
+        if time.monotonic() >= deadline:
+            log.warning("sandbox cgroups still busy after %.0f s, left: %s", wait_s,
+                        ", ".join(map(str, busy)))  # fmt: skip
+            return False
+        left = busy
+        time.sleep(0.05)
 
 
 def _write(path: Path, value: str) -> None:

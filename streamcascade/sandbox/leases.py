@@ -94,28 +94,41 @@ class UidLeaser:
         with self._mutex:
             for step in range(self.n_uids):
                 offset = (self._next + step) % self.n_uids
-                uid = self.base_uid + offset
-                fd = self._open(uid)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as error:
-                    os.close(fd)
-                    if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        continue
-                    raise
-                self._next = (offset + 1) % self.n_uids
-                lease = UidLease(uid, fd)
-                if self._clean is not None:
-                    try:
-                        self._clean(uid)
-                    except BaseException:
-                        lease.release()
-                        raise
-                return lease
+                lease = self._take(self.base_uid + offset)
+                if lease is not None:
+                    self._next = (offset + 1) % self.n_uids
+                    return lease
         raise NoFreeUid(
             f"all {self.n_uids} sandbox uids from {self.base_uid} are leased "
             f"(lock files in {self.lock_dir})"
         )
+
+    def try_lease(self, uid: int) -> UidLease | None:
+        """This uid's lease if nobody holds it, else None (never waits): what
+        reclaims a dead holder's leftovers takes the uid first, so that no
+        sandbox starts using it meanwhile."""
+        if not self.base_uid <= uid < self.base_uid + self.n_uids:
+            raise ValueError(f"uid {uid} is not a sandbox uid of this pool")
+        with self._mutex:
+            return self._take(uid)
+
+    def _take(self, uid: int) -> UidLease | None:
+        fd = self._open(uid)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        lease = UidLease(uid, fd)
+        if self._clean is not None:
+            try:
+                self._clean(uid)
+            except BaseException:
+                lease.release()
+                raise
+        return lease
 
 
 def release_all(leases: dict[int, UidLease]) -> None:

@@ -28,14 +28,14 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from streamcascade.config import SandboxConfig
-from streamcascade.sandbox.cgroups import CgroupError, RunCgroup
+from streamcascade.sandbox.cgroups import CgroupError, RunCgroup, remove_groups, slot_groups
 from streamcascade.sandbox.compare import same_output
 from streamcascade.sandbox.leases import UidLease, UidLeaser, release_all
 from streamcascade.sandbox.verdicts import (
@@ -198,6 +198,29 @@ _LEASER = UidLeaser(clean=_clean_leased)
 lock files keep it apart from other processes."""
 
 
+def reclaim_stale_groups() -> int:
+    """Remove the slot cgroups of uids nobody leases: a sandbox killed before
+    it closed (SIGKILL, OOM) leaves them. Each uid is leased while its groups
+    go (its leftover processes killed first), so no sandbox takes it up
+    meanwhile. Returns how many uids' groups were removed."""
+    n_removed = 0
+    for uid, dirs in slot_groups().items():
+        try:
+            lease = _LEASER.try_lease(uid)
+        except (ValueError, OSError, SandboxError) as error:
+            log.warning("stale sandbox cgroups of uid %d kept: %s", uid, error)
+            continue
+        if lease is None:
+            continue  # a live sandbox's
+        try:
+            n_removed += remove_groups(dirs)
+        finally:
+            lease.release()
+    if n_removed:
+        log.info("removed the stale cgroups of %d sandbox uids", n_removed)
+    return n_removed
+
+
 class Sandbox:
     """Runs untrusted Python programs against assert lines. Thread-safe.
 
@@ -219,18 +242,32 @@ class Sandbox:
         self._cgroups: dict[int, RunCgroup] = {}
         """Slot -> the cgroup its runs are charged to together (as root)."""
         self._uid_mutex = threading.Lock()
+        self._closed = False
+        self._close_mutex = threading.Lock()
+        if self._as_root and config.drop_privileges:
+            reclaim_stale_groups()
 
     @property
     def workers(self) -> int:
         return self._workers
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        with self._uid_mutex:
-            for cgroup in self._cgroups.values():
-                cgroup.remove()
-            self._cgroups.clear()
-            release_all(self._uids)
+        """Wait for the runs in flight (each bounded by its timeouts), refuse
+        new ones, then remove the slots' cgroups and free their uids. A run
+        started after the groups went would make new ones nobody removes."""
+        with self._close_mutex:
+            if self._closed:
+                return
+            self._closed = True
+            self._pool.shutdown(wait=True)
+            slots = [self._slots.get() for _ in range(self._workers)]  # none in flight now
+            with self._uid_mutex:
+                for cgroup in self._cgroups.values():
+                    cgroup.remove()
+                self._cgroups.clear()
+                release_all(self._uids)
+            for slot in slots:  # a run still waiting for one wakes, and is refused
+                self._slots.put(slot)
 
     def _uid_of(self, slot: int) -> int | None:
         if not (self._as_root and self._config.drop_privileges):
@@ -280,12 +317,22 @@ class Sandbox:
         futures = [self._pool.submit(self.run, program, tests) for program, tests in jobs]
         return [future.result() for future in futures]
 
-    def run(self, program: str, tests: Sequence[str]) -> ExecutionResult:
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[int]:
+        """A free worker slot for one run; SandboxError once the sandbox is closed."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
         slot = self._slots.get()
         try:
-            return self._run_in_slot(slot, program, list(tests))
+            if self._closed:  # closed while this run waited for a slot
+                raise SandboxError("the sandbox is closed")
+            yield slot
         finally:
             self._slots.put(slot)
+
+    def run(self, program: str, tests: Sequence[str]) -> ExecutionResult:
+        with self._slot() as slot:
+            return self._run_in_slot(slot, program, list(tests))
 
     def values(self, program: str, expressions: Sequence[str]) -> ExecutionResult:
         """Evaluate each expression (a call of the program's function, say)
@@ -294,11 +341,8 @@ class Sandbox:
         built-in types' own methods, and `test_status[i]` "ran", or why not.
         Nothing is judged in the child: what the values mean is the caller's."""
         plans = [TestPlan("", [expression], []) for expression in expressions]
-        slot = self._slots.get()
-        try:
+        with self._slot() as slot:
             return self._run_in_slot(slot, program, [""] * len(plans), plans=plans)
-        finally:
-            self._slots.put(slot)
 
     def values_many(self, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[ExecutionResult]:
         """`values` for (program, expressions) pairs on all worker slots; in order."""
@@ -308,11 +352,8 @@ class Sandbox:
     def run_program(self, program: str, inputs: Sequence[str]) -> ExecutionResult:
         """Run a whole program once per input, the input on its stdin; each
         run's stdout (its first `max_output_bytes`) is in `outputs`."""
-        slot = self._slots.get()
-        try:
+        with self._slot() as slot:
             return self._run_in_slot(slot, program, [], list(inputs))
-        finally:
-            self._slots.put(slot)
 
     def run_io(
         self,
