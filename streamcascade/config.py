@@ -405,6 +405,13 @@ class KafkaConfig(BaseModel):
         description="exactly_once: a transactional call taking longer gives up; the producer "
         "is rebuilt (which aborts the open transaction) and the batch runs again.",
     )
+    outage_limit_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long `serve` waits out a broker that went away after it started "
+        "(answers in hand kept, retried with backoff, /readyz not ready) before it exits with "
+        "code 4; None: it never gives up.",
+    )
     client: dict[str, KafkaClientValue] = Field(
         default_factory=dict,
         description="Passed through to every kafka-python client: security_protocol, "

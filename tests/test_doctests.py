@@ -21,6 +21,8 @@ MODULES = [
     "streamcascade.sandbox.leases",
     "streamcascade.models.hub",
     "streamcascade.pyparse",
+    "streamcascade.service.outage",
+    "streamcascade.service.kafka_io",
 ]
 
 

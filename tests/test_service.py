@@ -463,10 +463,10 @@ class _StuckConsumer:
     def assignment(self) -> set[str]:
         return {"p0", "p1"}
 
-    def end_offsets(self, partitions: list[str]) -> dict[str, int]:
+    def end_offsets(self, partitions: list[str], timeout_ms: int | None = None) -> dict[str, int]:
         return {"p0": 10, "p1": 50}
 
-    def position(self, partition: str) -> int:
+    def position(self, partition: str, timeout_ms: int | None = None) -> int:
         return {"p0": 10, "p1": 20}[partition]
 
     def seek(self, partition: str, offset: int) -> None:

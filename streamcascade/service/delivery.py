@@ -12,15 +12,17 @@ outputs and offsets to a `Delivery`, which owns the producer:
   transactional id is stable per instance, so a restarted instance fences its
   zombie, and `read_committed` readers see each answer once.
 
-Either raises `BatchFailed` when the batch could not be written; the loop then
-rewinds and runs it again.
+Either raises `BatchFailed` when the batch could not be written; the loop keeps
+the batch and tries again (after a backoff while the broker is away). A retry
+never writes twice what the broker already has: at least once re-sends only
+records whose send failed; exactly once first asks the group whether the
+batch's offsets were committed by the try whose outcome it did not learn.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +31,12 @@ from typing import Any
 from streamcascade.config import KafkaConfig
 from streamcascade.service.kafka_io import (
     MAX_MESSAGE_BYTES,
+    BrokerWatch,
     Stuck,
     bounded,
     client_settings,
     close_at_once,
+    rejoin_after,
 )
 
 log = logging.getLogger(__name__)
@@ -75,8 +79,10 @@ class Delivery(ABC):
     """Owns the producer; `commit` writes a batch with its offsets, `write`
     writes outputs that have no offsets (dead letters from the inbox, snapshots).
 
-    `stopping` says whether the service is shutting down (then a broker that is
-    away is not waited for).
+    `stopping` says whether the service is shutting down. A producer that
+    failed is dropped, and the next call builds a new one (a failure then is
+    `BatchFailed` too), so no call waits for a broker that is away for longer
+    than `transaction_timeout_s`.
     """
 
     transactional = False
@@ -86,6 +92,13 @@ class Delivery(ABC):
         self.instance_id = instance_id
         self._stopping = stopping
         self.producer: Any = None
+        self._watch = BrokerWatch(list(config.bootstrap_servers))
+
+    def _bounded(self, call: Callable[[], Any], what: str) -> Any:
+        """A transactional call, given up on its timeout or once a broker went
+        away under it."""
+        self._watch.start()
+        return bounded(call, self.config.transaction_timeout_s, what, self._watch)
 
     def open(self) -> None:
         self.producer = self._new_producer()
@@ -98,6 +111,9 @@ class Delivery(ABC):
             "linger_ms": 5,
             "max_request_size": MAX_MESSAGE_BYTES,
             "client_id": f"{self.instance_id}-producer",
+            # send() and init_transactions() wait for metadata at most this long
+            # (kafka-python's default, 60 s, would stall the loop in an outage).
+            "max_block_ms": int(1000 * self.config.transaction_timeout_s),
         }
 
     def _new_producer(self) -> Any:
@@ -105,23 +121,25 @@ class Delivery(ABC):
 
         return KafkaProducer(**self._settings())
 
-    def _replace_producer(self, why: str) -> None:
-        """A stuck or failed producer is dropped (closed in the background, since
-        closing it may block too) and a new one takes its place."""
-        log.warning("rebuilding the producer: %s", why)
-        old = self.producer
-        threading.Thread(target=close_at_once, args=(old,), daemon=True).start()
+    def _drop_producer(self, why: str) -> None:
+        """A stuck or failed producer is closed in the background (closing it
+        may block too); the next call builds a new one."""
+        log.warning("dropping the producer: %s", why)
+        old, self.producer = self.producer, None
+        if old is not None:
+            threading.Thread(target=close_at_once, args=(old,), daemon=True).start()
+
+    def _ready_producer(self) -> Any:
+        """The producer, built anew when the last one was dropped."""
         from kafka.errors import KafkaError
 
-        while True:
+        if self.producer is None:
             try:
-                self.producer = self._new_producer()
-                return
-            except KafkaError as error:  # the broker may still be away
-                if self._stopping():
-                    raise
-                log.warning("a new producer failed (%r): retrying", error)
-                time.sleep(1.0)
+                self.producer = bounded(self._new_producer, self.config.transaction_timeout_s,
+                                        "new producer")  # fmt: skip
+            except (KafkaError, Stuck) as error:  # the broker may still be away
+                raise BatchFailed(f"no producer: {error!r}") from error
+        return self.producer
 
     @abstractmethod
     def commit(self, consumer: Any, outputs: list[Output], offsets: dict[Any, Any]) -> None:
@@ -133,29 +151,62 @@ class Delivery(ABC):
         from kafka.errors import KafkaError
 
         limit_s = self.config.transaction_timeout_s
+        producer = self._ready_producer()
         try:
-            futures = [self._send(o) for o in outputs]
-            self.producer.flush(timeout=limit_s)
+            futures = [self._send(producer, o) for o in outputs]
+            producer.flush(timeout=limit_s)
             for future in futures:
                 future.get(timeout=limit_s)
         except KafkaError as error:
             raise BatchFailed(repr(error)) from error
 
-    def _send(self, output: Output) -> Any:
-        return self.producer.send(
-            output.topic, key=output.key, value=output.value, headers=output.headers
-        )
+    def _send(self, producer: Any, output: Output) -> Any:
+        return producer.send(output.topic, key=output.key, value=output.value,
+                             headers=output.headers)  # fmt: skip
 
-    def close(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=10)
-            except Exception:  # closing must not hide the original error
-                log.exception("closing the producer failed")
+    def close(self, at_once: bool = False) -> None:
+        """`at_once`: do not wait for unsent records (the broker is away, or what
+        is unsent belongs to a batch that will be answered again)."""
+        if self.producer is None:
+            return
+        if at_once:
+            close_at_once(self.producer)
+            return
+        try:
+            self.producer.close(timeout=10)
+        except Exception:  # closing must not hide the original error
+            log.exception("closing the producer failed")
 
 
 class AtLeastOnce(Delivery):
-    """Outputs acknowledged, then offsets committed."""
+    """Outputs acknowledged, then offsets committed. A record whose send is
+    still in flight from a failed try is waited for on the next try, not sent
+    again (the idempotent producer keeps retrying it while the broker is away)."""
+
+    def __init__(self, config: KafkaConfig, instance_id: str, stopping: Callable[[], bool]) -> None:
+        super().__init__(config, instance_id, stopping)
+        # id(output) -> (output, its future), for outputs of tries that failed.
+        self._in_flight: dict[int, tuple[Output, Any]] = {}
+
+    def write(self, outputs: list[Output]) -> None:
+        from kafka.errors import KafkaError
+
+        limit_s = self.config.transaction_timeout_s
+        producer = self._ready_producer()
+        futures = []
+        try:
+            for output in outputs:
+                kept = self._in_flight.get(id(output))
+                if kept is None or kept[0] is not output or kept[1].failed():
+                    kept = (output, self._send(producer, output))
+                    self._in_flight[id(output)] = kept
+                futures.append(kept[1])
+            producer.flush(timeout=limit_s)
+            for future in futures:
+                future.get(timeout=limit_s)
+        except KafkaError as error:
+            raise BatchFailed(repr(error)) from error
+        self._in_flight.clear()
 
     def commit(self, consumer: Any, outputs: list[Output], offsets: dict[Any, Any]) -> None:
         from kafka.errors import KafkaError
@@ -177,6 +228,12 @@ class ExactlyOnce(Delivery):
 
     transactional = True
 
+    def __init__(self, config: KafkaConfig, instance_id: str, stopping: Callable[[], bool]) -> None:
+        super().__init__(config, instance_id, stopping)
+        self._unsure = False
+        """The last transaction failed at or after its commit: it may have
+        committed all the same."""
+
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
 
@@ -186,62 +243,72 @@ class ExactlyOnce(Delivery):
             "transactional_id": f"{self.config.group_id}.{self.instance_id}",
         }
         producer = KafkaProducer(**settings)
-        # Bumps the epoch: whatever an older producer left open is aborted.
+        # Bumps the epoch: whatever an older producer left open is aborted, and
+        # one that had begun to commit is completed first.
         producer.init_transactions()
         return producer
+
+    def _already_committed(self, consumer: Any, commit: dict[Any, Any]) -> bool:
+        """Whether the group's committed offsets already hold this batch's (a
+        try whose commit was cut off by an outage may have gone through)."""
+        limit_ms = int(1000 * self.config.transaction_timeout_s)
+        for partition, offset in commit.items():
+            committed = consumer.committed(partition, timeout_ms=limit_ms)
+            if committed is None or committed < offset.offset:
+                return False
+        return True
 
     def commit(self, consumer: Any, outputs: list[Output], offsets: dict[Any, Any]) -> None:
         from kafka.errors import KafkaError
 
         owned = set(consumer.assignment())
         commit = {tp: offset for tp, offset in offsets.items() if tp in owned}
-        limit_s = self.config.transaction_timeout_s
-        producer = self.producer
+        producer = self._ready_producer()  # a new one completes or aborts the last transaction
+        if self._unsure and commit:
+            try:
+                done = self._already_committed(consumer, commit)
+            except KafkaError as error:
+                raise BatchFailed(f"committed offsets unknown: {error!r}") from error
+            if done:
+                log.info("the batch's transaction had committed before the outage cut it off")
+                self._unsure = False
+                return
+        self._unsure = False
         try:
             producer.begin_transaction()
             for output in outputs:
-                self._send(output)
+                self._send(producer, output)
             if commit:
                 metadata = consumer.group_metadata()
-                bounded(lambda: producer.send_offsets_to_transaction(commit, metadata),
-                         limit_s, "send-offsets")  # fmt: skip
-            bounded(producer.commit_transaction, limit_s, "commit")
-        except Stuck as error:
-            self._replace_producer(str(error))
-            raise BatchFailed(str(error)) from error
-        except KafkaError as error:
+                self._bounded(
+                    lambda: producer.send_offsets_to_transaction(commit, metadata), "send-offsets"
+                )
+            self._unsure = True
+            self._bounded(producer.commit_transaction, "commit")
+            self._unsure = False
+        except (Stuck, KafkaError) as error:
+            rejoin_after(consumer, error)
             # Not just aborted: kafka-python 3.0.12 keeps offsets whose commit
             # failed (a rebalance: IllegalGeneration) and commits them with the
             # next transaction, whose answers do not hold them: requests lost.
             # A new producer (same transactional id) aborts this one and
             # starts clean.
-            self._replace_producer(f"transaction failed: {error!r}")
+            if self.producer is producer:
+                self._drop_producer(f"transaction failed: {error!r}")
             raise BatchFailed(repr(error)) from error
 
     def write(self, outputs: list[Output]) -> None:
         from kafka.errors import KafkaError
 
-        limit_s = self.config.transaction_timeout_s
-        producer = self.producer
+        producer = self._ready_producer()
         try:
             producer.begin_transaction()
             for output in outputs:
-                self._send(output)
-            bounded(producer.commit_transaction, limit_s, "commit")
-        except Stuck as error:
-            self._replace_producer(str(error))
-            raise BatchFailed(str(error)) from error
-        except KafkaError as error:
-            self._abort()
+                self._send(producer, output)
+            self._bounded(producer.commit_transaction, "commit")
+        except (Stuck, KafkaError) as error:
+            self._drop_producer(f"transaction failed: {error!r}")
             raise BatchFailed(repr(error)) from error
-
-    def _abort(self) -> None:
-        from kafka.errors import KafkaError
-
-        try:
-            bounded(self.producer.abort_transaction, self.config.transaction_timeout_s, "abort")
-        except (KafkaError, Stuck) as error:
-            self._replace_producer(f"aborting the transaction failed: {error!r}")
 
 
 DELIVERIES: dict[str, type[Delivery]] = {

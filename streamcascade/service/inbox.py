@@ -21,7 +21,8 @@ from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.schemas import Feedback
 from streamcascade.service.codec import Rejected, parse_feedback
 from streamcascade.service.delivery import BatchFailed, Delivery, Output
-from streamcascade.service.kafka_io import MAX_MESSAGE_BYTES, client_settings
+from streamcascade.service.kafka_io import CALL_TIMEOUT_MS, MAX_MESSAGE_BYTES, client_settings
+from streamcascade.service.outage import BrokerLink
 from streamcascade.service.stats import ServiceStats
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class Inbox:
     """Reads feedback and learning events, and has the learner learn from them.
 
     `on_worker` runs a function on the service's worker thread and returns its
-    result; `dead_letter(record, reason, error_type)` makes a dead letter.
+    result; `dead_letter(record, reason, error_type)` makes a dead letter;
+    `link` hears of Kafka calls that failed (an outage, waited out by the loop).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Inbox:
         delivery: Delivery,
         on_worker: Callable[[Callable[[], Any]], Any],
         dead_letter: Callable[[Any, str, str], Output],
+        link: BrokerLink | None = None,
     ) -> None:
         self.config = config
         self.instance_id = instance_id
@@ -53,6 +56,7 @@ class Inbox:
         self.delivery = delivery
         self._on_worker = on_worker
         self._dead_letter = dead_letter
+        self.link = link or BrokerLink(None)
         self.consumer: Any = None
 
     def open(self, restored_offsets: dict[str, int]) -> None:
@@ -125,15 +129,17 @@ class Inbox:
             try:
                 self.delivery.write(dead)
             except BatchFailed as error:
-                log.warning("dead letters from the inbox not written (%s): read again", error)
+                # Learned already; only the dead letters are read (and learned) again.
+                self.link.failed("inbox dead letters", error)
                 for partition, records in polled.items():
                     self.consumer.seek(partition, records[0].offset)
                 return changes
             self.stats.n_dead_letters += len(dead)
         try:
-            self.consumer.commit()
+            # Only a hint: a restarted instance starts where its snapshot says.
+            self.consumer.commit(timeout_ms=CALL_TIMEOUT_MS)
         except KafkaError as error:
-            log.warning("inbox offsets not committed: %r", error)
+            self.link.failed("inbox commit", error)
         return changes
 
     def _apply(self, feedback: list[Feedback], events: list[dict[str, Any]]) -> tuple[int, int]:
@@ -153,15 +159,23 @@ class Inbox:
         reached (a snapshot holds everything before them) and the changes."""
         consumer = self.consumer
         partitions = list(consumer.assignment())
-        end = consumer.end_offsets(partitions) if partitions else {}
+        end = consumer.end_offsets(partitions, timeout_ms=CALL_TIMEOUT_MS) if partitions else {}
         deadline = time.monotonic() + timeout_s
         changes = 0
-        while any(consumer.position(p) < end[p] for p in partitions):
+        while any(self._position(p) < end[p] for p in partitions):
             if time.monotonic() > deadline:
                 break
             changes += self.learn()
-        positions = {f"{p.topic}:{p.partition}": int(consumer.position(p)) for p in partitions}
+        positions = {f"{p.topic}:{p.partition}": self._position(p) for p in partitions}
         return positions, changes
+
+    def _position(self, partition: Any) -> int:
+        from kafka.errors import KafkaTimeoutError
+
+        position = self.consumer.position(partition, timeout_ms=CALL_TIMEOUT_MS)
+        if position is None:
+            raise KafkaTimeoutError(f"no position for {partition}")
+        return int(position)
 
     def close(self) -> None:
         if self.consumer is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,17 +20,26 @@ from streamcascade.config import KafkaConfig
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a learner snapshot can be large
+CALL_TIMEOUT_MS = 5000
+"""The bound on a blocking consumer call in the service loop (kafka-python's
+`position` waits for ever without one, while the broker is away)."""
 
 
 class Stuck(Exception):
     """A Kafka call did not return in time."""
 
 
-def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def bounded(
+    call: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    give_up: Callable[[float], str | None] | None = None,
+) -> Any:
     """Run a blocking client call with a time limit. kafka-python waits without
     one on transactional calls, and one can hang for good after the broker
     restarts (its cached coordinator is never refreshed); a daemon thread is
-    left behind then, never the service."""
+    left behind then, never the service. `give_up(elapsed_s)`, asked every
+    0.25 s, may end the wait sooner with its reason (`Stuck` either way)."""
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -41,18 +51,90 @@ def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
         finally:
             done.set()
 
+    started = time.monotonic()
     threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
-    if not done.wait(timeout_s):
-        raise Stuck(f"{what} took over {timeout_s} s")
+    while not done.wait(0.25):
+        elapsed_s = time.monotonic() - started
+        if elapsed_s > timeout_s:
+            raise Stuck(f"{what} took over {timeout_s} s")
+        reason = give_up(elapsed_s) if give_up is not None else None
+        if reason is not None:
+            raise Stuck(f"{what} given up after {elapsed_s:.1f} s: {reason}")
     if "error" in box:
         raise box["error"]
     return box.get("value")
 
 
+class BrokerWatch:
+    """Gives up a transactional call that hangs because a broker went away
+    under it: kafka-python waits on the dead connection for its whole request
+    timeout, and the transaction is lost anyway. A call is given up once it
+    has run `after_s` and some bootstrap server refuses connections (or did,
+    since the call began: a broker that came back does not revive it). While
+    every server accepts connections only the call's own timeout applies: a
+    slow but healthy cluster is never given up on.
+
+    >>> watch = BrokerWatch(["127.0.0.1:1"], after_s=0.0)
+    >>> watch.start()
+    >>> watch(0.5)
+    'a broker went away (127.0.0.1:1)'
+    """
+
+    def __init__(self, servers: list[str], after_s: float = 1.0) -> None:
+        self.servers = servers
+        self.after_s = after_s
+        self._down: list[str] = []
+
+    def start(self) -> None:
+        """Before a call: forget what earlier calls saw."""
+        self._down = []
+
+    def __call__(self, elapsed_s: float) -> str | None:
+        down = [server for server in self.servers if not _listening(server)]
+        self._down = self._down or down
+        if self._down and elapsed_s >= self.after_s:
+            return f"a broker went away ({', '.join(self._down)})"
+        return None
+
+
+def _listening(server: str) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def rejoin_after(consumer: Any, error: BaseException) -> None:
+    """A transaction's offsets were refused because this member left the group
+    (UnknownMemberId, a broker restart) or its generation is old: have the
+    next poll rejoin now. kafka-python learns it only from a later heartbeat,
+    and until then every transaction fails the same way."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    text = repr(error)
+    if coordinator is None:
+        return
+    if "UnknownMemberId" in text and hasattr(coordinator, "reset_generation"):
+        coordinator.reset_generation()
+    elif ("IllegalGeneration" in text or "RebalanceInProgress" in text) and hasattr(
+        coordinator, "request_rejoin"
+    ):
+        coordinator.request_rejoin()
+
+
 def client_settings(config: KafkaConfig) -> dict[str, Any]:
-    """What every kafka-python client gets: the servers and the pass-through
-    settings (security and the like)."""
-    return {"bootstrap_servers": list(config.bootstrap_servers), **config.client}
+    """What every kafka-python client gets: the servers, a reconnect backoff
+    capped at 1 s (Java's default; kafka-python's 30 s meant a client tried
+    again up to 30 s after a restarted broker was back: missed heartbeats, a
+    lost group membership, transactional calls stuck for their whole
+    timeout), and the pass-through settings (security and the like), which
+    may override it."""
+    return {
+        "bootstrap_servers": list(config.bootstrap_servers),
+        "reconnect_backoff_max_ms": 1000,
+        **config.client,
+    }
 
 
 def ensure_topics(config: KafkaConfig) -> None:
@@ -158,3 +240,73 @@ def release_parked_records(consumer: Any) -> None:
     in_line = getattr(fetcher, "_next_partition_records", None)
     if in_line is not None and not in_line and getattr(fetcher, "_paused_partition_records", None):
         fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+
+def fetch_state(consumer: Any, partition: Any) -> str:
+    """What kafka-python's fetcher holds for one partition (for a stalled one's
+    log line): why it is not fetched, when it is not."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    subscriptions = getattr(consumer, "_subscription", None)
+    if fetcher is None or subscriptions is None:
+        return "?"
+    state = getattr(subscriptions, "assignment", {}).get(partition)
+    parts = []
+    if state is not None:
+        parts.append(
+            f"paused={state.paused} valid_position={state.has_valid_position} "
+            f"awaiting_validation={getattr(state, '_awaiting_validation', '?')} "
+            f"pending_revocation={getattr(state, '_pending_revocation', '?')}"
+        )
+    completed = [f.topic_partition for f in list(getattr(fetcher, "_completed_fetches", []))]
+    parts.append(f"completed={completed.count(partition)}")
+    parts.append(
+        f"parked_completed={partition in getattr(fetcher, '_paused_completed_fetches', {})}"
+    )
+    in_line = getattr(fetcher, "_next_partition_records", None)
+    parts.append(f"in_line={getattr(in_line, 'topic_partition', None) == partition}")
+    parts.append(
+        f"pending_nodes={sorted(getattr(fetcher, '_nodes_with_pending_fetch_requests', []))}"
+    )
+    try:
+        leader = fetcher._manager.cluster.leader_for_partition(partition)
+    except Exception as error:  # a diagnostic must not raise
+        leader = repr(error)
+    parts.append(f"leader={leader}")
+    sessions = getattr(fetcher, "_session_handlers", {})
+    parts.append(
+        "sessions={"
+        + ", ".join(
+            f"{node}: {handler.next_metadata} has={partition in handler.session_partitions}"
+            for node, handler in sessions.items()
+        )
+        + "}"
+    )
+    return " ".join(parts)
+
+
+def restart_fetching(consumer: Any) -> None:
+    """Work around two kafka-python 3.0.12 fetcher bugs met after a broker
+    restart, each of which left a partition unread (with records waiting)
+    until new records happened to arrive:
+
+    - Incremental fetch sessions (KIP-227): the broker moves a partition's
+      offset in the session as it returns records; when the client drops
+      those records (the partition was paused, lost or rewound), its session
+      still holds the old offset, sees nothing changed, and never asks again.
+      Every session is restarted here: the next fetch is a full one, from
+      the consumer's positions.
+    - Offset validation (KIP-320): one validation task is cached and shared;
+      a task whose request died with the connection is never done, so no
+      validation is tried again and the partitions wait for it for good. A
+      task that is not done is dropped here (a new one is issued).
+
+    A no-op on a fetcher without these fields."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    for handler in list(getattr(fetcher, "_session_handlers", {}).values()):
+        initial = getattr(type(handler.next_metadata), "INITIAL", None)
+        if initial is not None:
+            handler.next_metadata = initial
+    for name in ("_validation_task", "_reset_task"):
+        task = getattr(fetcher, name, None)
+        if task is not None and not getattr(task, "is_done", True):
+            setattr(fetcher, name, None)

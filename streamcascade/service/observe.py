@@ -46,6 +46,9 @@ class LiveState:
     """Backend name -> breaker state ("closed", "open", "half_open")."""
     learner: Callable[[], dict[str, float]]
     """The learner's counters and knobs (empty without one)."""
+    broker_up: Callable[[], bool] = lambda: True
+    """False while the service's Kafka calls fail (an outage it waits out)."""
+    broker_outages: Callable[[], int] = lambda: 0
 
 
 class _LiveCollector(Collector):
@@ -57,7 +60,11 @@ class _LiveCollector(Collector):
         for name, value, help_text in (
             ("requests", stats.n_requests, "Request records read (bad ones included)."),
             ("batches", stats.n_batches, "Batches answered and committed."),
-            ("batches_retried", stats.n_batches_retried, "Batches rewound and run again."),
+            (
+                "batches_retried",
+                stats.n_batches_retried,
+                "Batches whose first commit failed (kept and committed later).",
+            ),
             ("feedback", stats.n_feedback, "Feedback records read."),
             ("learning_events_out", stats.n_events_out, "Learning events published."),
             ("learning_events_in", stats.n_events_in, "Other replicas' events applied."),
@@ -65,6 +72,16 @@ class _LiveCollector(Collector):
             ("snapshots", stats.n_snapshots, "Learner snapshots written."),
         ):
             yield CounterMetricFamily(f"streamcascade_{name}", help_text, value=value)
+        yield GaugeMetricFamily(
+            "streamcascade_broker_up",
+            "1 while the service's Kafka calls succeed, 0 during an outage it waits out.",
+            value=float(self.live.broker_up()),
+        )
+        yield CounterMetricFamily(
+            "streamcascade_broker_outages",
+            "Broker outages waited out (or in progress).",
+            value=self.live.broker_outages(),
+        )
         yield GaugeMetricFamily(
             "streamcascade_partitions_owned",
             "Request partitions this instance owns.",
