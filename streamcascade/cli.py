@@ -583,7 +583,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
     from streamcascade.benchtools.faults import HEADER, fault_table
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    runs = [(s, d) for s in args.scenario for d in args.delivery]
+    runs = [(s, d) for s in args.scenario for d in args.delivery for _ in range(args.repeat)]
     work_dir = (
         Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="streamcascade-faults-"))
     )
@@ -597,11 +597,13 @@ def cmd_faults(args: argparse.Namespace) -> int:
         return 0 if clean and report.leftover_ipc == 0 and report.leftover_cgroups == 0 else 1
     print(HEADER, flush=True)
     reports = fault_table(work_dir, runs, args.requests, args.kills,
-                          progress=lambda report: print(report.row(), flush=True))  # fmt: skip
+                          progress=lambda report: print(report.row(), flush=True),
+                          n_restarts=args.restarts, max_down_s=args.max_down_s)  # fmt: skip
     print(f"(work dir with service and broker logs: {work_dir})", file=sys.stderr)
     lost = sum(r.n_lost for r in reports)
     duplicates = sum(r.n_duplicates for r in reports if r.delivery == "exactly_once")
-    return 0 if lost == 0 and duplicates == 0 else 1
+    exits = sum(r.n_exits for r in reports)
+    return 0 if lost == 0 and duplicates == 0 and exits == 0 else 1
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
@@ -779,12 +781,21 @@ def build_parser() -> argparse.ArgumentParser:
     follow_parser.set_defaults(func=cmd_follow)
 
     faults = sub.add_parser("faults", help="fault runs on a local broker: lost and duplicated")
-    scenarios = ["sigkill", "broker-restart", "group-kill"]
-    faults.add_argument("--scenario", nargs="+", default=scenarios, choices=scenarios)
+    from streamcascade.benchtools.faults import SCENARIOS
+
+    faults.add_argument("--scenario", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
+                        help="rolling-restart, leader-kill and controller-kill run on a "
+                        "three-node cluster, the others on one broker")  # fmt: skip
     faults.add_argument("--delivery", nargs="+", default=["at_least_once", "exactly_once"],
                         choices=["at_least_once", "exactly_once"])  # fmt: skip
     faults.add_argument("--requests", type=int, default=1000)
     faults.add_argument("--kills", type=int, default=5, help="sigkill: times the service is killed")
+    faults.add_argument("--restarts", type=_positive, default=20,
+                        help="broker-restarts: times the broker is restarted")  # fmt: skip
+    faults.add_argument("--max-down-s", type=float, default=30.0,
+                        help="broker-restarts: longest down-time (uniform from 0)")  # fmt: skip
+    faults.add_argument("--repeat", type=_positive, default=1,
+                        help="run each scenario and delivery this many times in a row")  # fmt: skip
     faults.add_argument("--dir", help="work dir (default: a new temp dir)")
     faults.add_argument(
         "--soak-s", type=_positive_float, default=None,

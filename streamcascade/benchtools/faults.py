@@ -1,7 +1,11 @@
 """Fault runs of the service on a real broker: SIGKILL and restart the service,
-restart the broker mid-stream, a second instance joining mid-stream and then
-the first one killed. Each run feeds N requests and counts what came out:
-answers, distinct ids, duplicates and lost requests.
+restart the broker mid-stream (once, or many times with random down-times), a
+second instance joining mid-stream and then the first one killed; and on a
+three-node cluster: a rolling restart of every node, the leader of a requests
+partition SIGKILLed, the active controller SIGKILLed. Each run feeds N
+requests and counts what came out: answers, distinct ids, duplicates, lost
+requests, the services' exits, and how long after the broker (or a new leader)
+was back the first answer came.
 
 The service runs as real processes (`python -m streamcascade serve`) on the
 replay backend, with recordings written here, so the runs need no model and no
@@ -22,18 +26,33 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, Literal
 
 from streamcascade.config import KafkaConfig
-from streamcascade.service.broker import LocalKafka
+from streamcascade.service.broker import KafkaCluster, LocalKafka
 from streamcascade.service.kafka_io import client_settings, ensure_topics
 from streamcascade.service.tools import feed
 
 log = logging.getLogger(__name__)
 
-Scenario = Literal["sigkill", "broker-restart", "group-kill"]
+Scenario = Literal[
+    "sigkill",
+    "broker-restart",
+    "group-kill",
+    "broker-restarts",
+    "rolling-restart",
+    "leader-kill",
+    "controller-kill",
+]
+SCENARIOS: tuple[Scenario, ...] = (
+    "sigkill", "broker-restart", "group-kill", "broker-restarts",
+    "rolling-restart", "leader-kill", "controller-kill",
+)  # fmt: skip
+CLUSTER_SCENARIOS = ("rolling-restart", "leader-kill", "controller-kill")
+"""Run on a three-node cluster; the others on one broker."""
 Delivery = Literal["at_least_once", "exactly_once"]
 
 _RIGHT = "def double(x):\n    return 2 * x\n"
@@ -70,7 +89,7 @@ def replay_config(
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     names = ("requests", "answers", "feedback", "deadletter", "state")
     kafka_section = {
-        "bootstrap_servers": [bootstrap_servers],
+        "bootstrap_servers": bootstrap_servers.split(","),
         "group_id": prefix,
         "topics": {name: f"{prefix}.{name}" for name in names},
         "partitions": 4,
@@ -148,6 +167,15 @@ class AnswerCounter:
         with self._lock:
             return sum(self.ids.values())
 
+    def seconds_to_next(self, timeout_s: float = 120.0) -> float | None:
+        """Seconds until a new id is answered (None: none within `timeout_s`)."""
+        started, before = time.monotonic(), self.distinct()
+        while self.distinct() == before:
+            if time.monotonic() - started > timeout_s:
+                return None
+            time.sleep(0.05)
+        return time.monotonic() - started
+
     def wait_distinct(self, n: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while self.distinct() < n:
@@ -205,6 +233,12 @@ class FaultReport:
     n_faults: int
     seconds: float
     exit_codes: list[int | None]
+    """Of the services still running at the end, on SIGTERM."""
+    n_exits: int = 0
+    """Services that ended by themselves (none should)."""
+    recovery_s: list[float] = field(default_factory=list)
+    """Per fault with requests outstanding: seconds from the broker (or a new
+    leader) being back to the next answer."""
 
     @property
     def n_duplicates(self) -> int:
@@ -214,21 +248,109 @@ class FaultReport:
     def n_lost(self) -> int:
         return self.n_in - self.n_distinct
 
+    def recovery(self) -> str:
+        if not self.recovery_s:
+            return "-"
+        return f"{median(self.recovery_s):.1f}, {max(self.recovery_s):.1f}"
+
     def row(self) -> str:
         return (
             f"| {self.scenario} | {self.delivery} | {self.n_faults} | {self.n_in} | "
-            f"{self.n_answers_out} | {self.n_duplicates} | {self.n_lost} | {self.seconds:.0f} |"
+            f"{self.n_answers_out} | {self.n_duplicates} | {self.n_lost} | {self.n_exits} | "
+            f"{self.recovery()} | {self.seconds:.0f} |"
         )
 
 
 HEADER = (
-    "| fault | delivery | faults | requests in | answers out | duplicates | lost | s |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| fault | delivery | faults | requests in | answers out | duplicates | lost | service "
+    "exits | s to the first answer after the broker is back (median, max) | s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
+class _Run:
+    """One fault run's moving parts: the broker (or cluster), the services, the
+    answers followed, and the requests fed so far."""
+
+    def __init__(
+        self, broker: LocalKafka | KafkaCluster, kafka: KafkaConfig, answers: AnswerCounter,
+        services: list[ServiceProcess], n_requests: int, rng: random.Random, timeout_s: float,
+    ) -> None:  # fmt: skip
+        self.broker = broker
+        self.kafka = kafka
+        self.answers = answers
+        self.services = services
+        self.n_requests = n_requests
+        self.rng = rng
+        self.timeout_s = timeout_s
+        self.n_fed = 0
+        self.n_faults = 0
+        self.recovery_s: list[float] = []
+
+    def feed_to(self, n: int) -> None:
+        n = min(n, self.n_requests)
+        if n > self.n_fed:
+            feed(self.kafka, [request_value(i) for i in range(self.n_fed, n)])
+            self.n_fed = n
+
+    def progressed(self, to: int) -> None:
+        self.answers.wait_distinct(min(self.n_requests, to), self.timeout_s)
+
+    def back(self) -> None:
+        """The broker (or a new leader) is back: time the next answer, if any is due."""
+        if self.answers.distinct() < self.n_fed:
+            waited = self.answers.seconds_to_next()
+            if waited is not None:
+                self.recovery_s.append(waited)
+
+    def in_the_middle(self, chunk: int) -> None:
+        """Feed `chunk` more requests and let a random part of them be under way
+        (batches in the engine, commits, transactions) when the fault lands."""
+        self.feed_to(self.n_fed + chunk)
+        time.sleep(self.rng.uniform(0.0, 2.0))
+
+
+def _restart_broker(run: _Run, broker: LocalKafka, down_s: float) -> None:
+    """Stop (cleanly or by SIGKILL, at random), stay down `down_s`, start."""
+    how = "stopped" if run.rng.random() < 0.5 else "killed"
+    broker.stop() if how == "stopped" else broker.kill()
+    run.n_faults += 1
+    log.info("broker %s (%d fed, %d answered): down for %.1f s", how, run.n_fed,
+             run.answers.distinct(), down_s)  # fmt: skip
+    time.sleep(down_s)
+    broker.start()
+    log.info("broker back (%d answered)", run.answers.distinct())
+    run.back()
+
+
+def _cluster_fault(run: _Run, cluster: KafkaCluster, scenario: str, n_faults: int) -> None:
+    topic = run.kafka.topics.requests
+    chunk = max(1, run.n_requests // (n_faults + 1))
+    for index in range(n_faults):
+        run.in_the_middle(chunk)
+        if scenario == "rolling-restart":
+            node = cluster.nodes[index % len(cluster.nodes)]
+            node.stop()  # a clean shutdown: leadership moves first
+        elif scenario == "leader-kill":
+            node = cluster.node(cluster.partition_leader(topic, 0))
+            node.kill()
+        else:
+            node = cluster.node(cluster.active_controller())
+            node.kill()
+        run.n_faults += 1
+        if scenario == "rolling-restart":
+            node.start()
+            run.back()
+        else:
+            # A new leader serves while the killed node is down.
+            run.back()
+            time.sleep(run.rng.uniform(0.0, 5.0))
+            node.start()
+        cluster.wait_in_sync([topic], run.timeout_s)
+
+
 def run_fault(
-    broker: LocalKafka,
+    broker: LocalKafka | KafkaCluster,
     work_dir: Path,
     scenario: Scenario,
     delivery: Delivery,
@@ -236,57 +358,80 @@ def run_fault(
     n_kills: int = 5,
     seed: int = 0,
     timeout_s: float = 600.0,
+    n_restarts: int = 20,
+    max_down_s: float = 30.0,
 ) -> FaultReport:
-    """One fault run; the broker must be running."""
+    """One fault run; the broker must be running. `n_kills`: service kills
+    (sigkill) or cluster faults; `n_restarts` and `max_down_s`: the
+    broker-restarts scenario's restarts and longest down-time."""
     rng = random.Random(seed)
+    extra: dict[str, Any] = {}
+    if isinstance(broker, KafkaCluster):
+        extra["replication_factor"] = len(broker.nodes)
     config_path, kafka = write_replay_config(work_dir, broker.bootstrap_servers, n_requests,
-                                             delivery)  # fmt: skip
+                                             delivery, **extra)  # fmt: skip
     ensure_topics(kafka)
     started = time.monotonic()
     first = ServiceProcess(config_path, "i1", work_dir)
     services = [first]
-    n_faults = 0
+    n_exits = 0
     with AnswerCounter(kafka) as answers:
         first.start()
-        feed(kafka, [request_value(i) for i in range(n_requests)])
-
-        def progressed(to: int) -> None:
-            answers.wait_distinct(min(n_requests, to), timeout_s)
-
+        run = _Run(broker, kafka, answers, services, n_requests, rng, timeout_s)
         if scenario == "sigkill":
+            run.feed_to(n_requests)
             # Kill points spread over the stream, at random within it.
             for kill in range(n_kills):
-                progressed(int(n_requests * (kill + rng.random()) / (n_kills + 1)))
+                run.progressed(int(n_requests * (kill + rng.random()) / (n_kills + 1)))
                 first.kill()
-                n_faults += 1
+                run.n_faults += 1
                 time.sleep(rng.uniform(0.0, 1.0))
                 first.start()
         elif scenario == "broker-restart":
-            progressed(n_requests // 3)
+            assert isinstance(broker, LocalKafka)
+            run.feed_to(n_requests)
+            run.progressed(n_requests // 3)
             broker.stop()
-            n_faults += 1
+            run.n_faults += 1
             time.sleep(3.0)
             broker.start()
+            run.back()
+        elif scenario == "broker-restarts":
+            assert isinstance(broker, LocalKafka)
+            chunk = max(1, n_requests // (n_restarts + 1))
+            for _ in range(n_restarts):
+                run.in_the_middle(chunk)
+                _restart_broker(run, broker, rng.uniform(0.0, max_down_s))
         elif scenario == "group-kill":
+            run.feed_to(n_requests)
             # The second instance joins while the first is in a batch (a
             # rebalance mid-batch), then the first dies and the second takes
             # over its partitions after the session timeout.
-            progressed(int(n_requests * rng.uniform(0.05, 0.15)))
+            run.progressed(int(n_requests * rng.uniform(0.05, 0.15)))
             second = ServiceProcess(config_path, "i2", work_dir)
             second.start()
             services.append(second)
-            progressed(n_requests // 3)
+            run.progressed(n_requests // 3)
             first.kill()
-            n_faults += 1
+            run.n_faults += 1
+        else:
+            assert isinstance(broker, KafkaCluster), f"{scenario} needs a KafkaCluster"
+            _cluster_fault(run, broker, scenario, n_kills)
+        run.feed_to(n_requests)
         answers.wait_distinct(n_requests, timeout_s)
         # Let late duplicates (if any) arrive before counting.
         time.sleep(2.0)
-        alive = [s for s in services if s.process is not None and s.process.poll() is None]
+        alive = []
+        for service in services:
+            if service.process is not None and service.process.poll() is None:
+                alive.append(service)
+            elif service is not first or scenario != "group-kill":
+                n_exits += 1  # ended by itself: no fault here kills a service for good
         exit_codes = [s.terminate() for s in alive]
         time.sleep(1.0)
         report = FaultReport(
-            scenario, delivery, n_requests, answers.total(), answers.distinct(), n_faults,
-            time.monotonic() - started, exit_codes,
+            scenario, delivery, n_requests, answers.total(), answers.distinct(), run.n_faults,
+            time.monotonic() - started, exit_codes, n_exits, run.recovery_s,
         )  # fmt: skip
     log.info("fault run: %s", report)
     return report
@@ -298,13 +443,28 @@ def fault_table(
     n_requests: int = 1000,
     n_kills: int = 5,
     progress: Callable[[FaultReport], None] | None = None,
+    n_restarts: int = 20,
+    max_down_s: float = 30.0,
+    seed: int = 0,
 ) -> list[FaultReport]:
-    """Each run on its own fresh broker (a broker restart must not leak into the next)."""
+    """Each run on its own fresh broker, or three-node cluster for the cluster
+    scenarios (a broker restart must not leak into the next run)."""
     reports = []
     for index, (scenario, delivery) in enumerate(runs):
         run_dir = work_dir / f"{index}-{scenario}-{delivery}"
-        with LocalKafka(run_dir / "kafka", partitions=4) as broker:
-            report = run_fault(broker, run_dir, scenario, delivery, n_requests, n_kills, index)
+        broker: LocalKafka | KafkaCluster = (
+            KafkaCluster(run_dir / "kafka", partitions=4)
+            if scenario in CLUSTER_SCENARIOS
+            else LocalKafka(run_dir / "kafka", partitions=4)
+        )
+        # A rolling restart takes each node down once; a leader or controller
+        # kill happens three times; service kills are n_kills.
+        n_faults = 3 if scenario in CLUSTER_SCENARIOS else n_kills
+        with broker:
+            report = run_fault(
+                broker, run_dir, scenario, delivery, n_requests, n_faults, seed + index,
+                n_restarts=n_restarts, max_down_s=max_down_s,
+            )  # fmt: skip
         reports.append(report)
         if progress is not None:
             progress(report)
