@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from streamcascade.config import KafkaConfig
 from streamcascade.service.broker import KafkaCluster, LocalKafka
-from streamcascade.service.kafka_io import client_settings, ensure_topics
+from streamcascade.service.kafka_io import client_settings, ensure_topics, restart_fetching
 from streamcascade.service.tools import feed
 
 log = logging.getLogger(__name__)
@@ -150,11 +150,21 @@ class AnswerCounter:
             consumer.assign(partitions)
             consumer.seek_to_beginning(*partitions)
             self._ready.set()
+            idle_since = time.monotonic()
             while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
+                polled = consumer.poll(timeout_ms=200)
+                for records in polled.values():
                     with self._lock:
                         for record in records:
                             self.ids[(record.key or b"").decode()] += 1
+                if polled:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > 3.0:
+                    # The counter's own client meets the same fetcher stalls
+                    # after a broker restart as the service's: a lost answer
+                    # must be the service's, never the counter's.
+                    restart_fetching(consumer)
+                    idle_since = time.monotonic()
         finally:
             self._ready.set()
             consumer.close()
@@ -305,8 +315,12 @@ class _Run:
 
     def in_the_middle(self, chunk: int) -> None:
         """Feed `chunk` more requests and let a random part of them be under way
-        (batches in the engine, commits, transactions) when the fault lands."""
+        (batches in the engine, commits, transactions) when the fault lands.
+        The first fault waits for the first answer: a broker missing while the
+        service starts is its startup check's to report (exit 4), not an outage."""
         self.feed_to(self.n_fed + chunk)
+        if self.answers.distinct() == 0:
+            self.progressed(1)
         time.sleep(self.rng.uniform(0.0, 2.0))
 
 
