@@ -598,7 +598,8 @@ def cmd_faults(args: argparse.Namespace) -> int:
     print(HEADER, flush=True)
     reports = fault_table(work_dir, runs, args.requests, args.kills,
                           progress=lambda report: print(report.row(), flush=True),
-                          n_restarts=args.restarts, max_down_s=args.max_down_s)  # fmt: skip
+                          n_restarts=args.restarts, max_down_s=args.max_down_s,
+                          seed=args.seed)  # fmt: skip
     print(f"(work dir with service and broker logs: {work_dir})", file=sys.stderr)
     lost = sum(r.n_lost for r in reports)
     duplicates = sum(r.n_duplicates for r in reports if r.delivery == "exactly_once")
@@ -794,6 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="broker-restarts: times the broker is restarted")  # fmt: skip
     faults.add_argument("--max-down-s", type=float, default=30.0,
                         help="broker-restarts: longest down-time (uniform from 0)")  # fmt: skip
+    faults.add_argument("--seed", type=int, default=0,
+                        help="the first run's random seed (each run after it: +1)")  # fmt: skip
     faults.add_argument("--repeat", type=_positive, default=1,
                         help="run each scenario and delivery this many times in a row")  # fmt: skip
     faults.add_argument("--dir", help="work dir (default: a new temp dir)")
