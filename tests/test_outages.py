@@ -440,3 +440,65 @@ def test_serve_gives_up_on_an_outage_with_the_unavailable_exit_code(
 
     assert _report(BrokerOutage("Kafka unreachable for 61 s, over kafka.outage_limit_s")) == 4
     assert "outage_limit_s" in capsys.readouterr().err
+
+
+class _RebalancingConsumer(_Consumer):
+    """Owns p0 and p1; during the batch a rebalance revokes both, and a second
+    after the batch was answered assigns p0 only (p1 went to the instance that
+    just joined)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.held = {"p0", "p1"}
+        self.listener: Any = None
+        self.n_polls = 0
+        self.revoked_at: float | None = None
+
+    def assignment(self) -> set[str]:
+        return set(self.held)  # kafka-python reports the old one until the new is in
+
+    def poll(self, timeout_ms: int = 0) -> dict[str, list[Any]]:
+        time.sleep(min(timeout_ms, 20) / 1000)
+        self.n_polls += 1
+        if self.n_polls == 1:
+            return {"p0": [_Record("p0", 7, request_value(0))],
+                    "p1": [_Record("p1", 3, request_value(1))]}  # fmt: skip
+        if self.n_polls == 2:
+            self.listener.on_partitions_revoked({"p0", "p1"})
+            self.revoked_at = time.monotonic()
+        elif self.revoked_at is not None and time.monotonic() - self.revoked_at > 1.3:
+            self.revoked_at = None
+            self.held = {"p0"}
+            self.listener.on_partitions_assigned({"p0"})
+        return {}
+
+
+def test_a_batch_answered_across_a_rebalance_commits_only_what_stays_here() -> None:
+    from streamcascade.service.worker import _Rebalances
+
+    delivery = _FlakyDelivery(n_failures=0)
+    service = _service([], delivery, _SlowEcho(0.3))
+    consumer = _RebalancingConsumer()
+    service._consumer = consumer
+    listener = _Rebalances(service.stats, service._stop.is_set, consumer.assignment,
+                           service._on_lost)  # fmt: skip
+    listener.owned = {"p0", "p1"}
+    consumer.listener = service._rebalances = listener
+    thread, errors = _loop_in_thread(service)
+    wait_for(lambda: service.stats.n_batches == 1)
+    service.stop()
+    thread.join(10)
+    assert not errors
+    [(outputs, offsets)] = delivery.committed
+    assert [o.key for o in outputs] == [b"t0"] and set(offsets) == {"p0"}
+    assert service.link.n_outages == 0  # a rebalance is no outage
+
+
+class _SlowEcho(_Echo):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]:
+        time.sleep(self.seconds)
+        return super().process_many(requests)

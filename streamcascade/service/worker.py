@@ -103,7 +103,12 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
     partitions it no longer holds. Under the eager protocol every partition is
     "revoked" first, but kafka-python keeps the position of those it is given
     again, so only what is missing from the new assignment (or lost with the
-    membership) is reported."""
+    membership) is reported. Between the revocation and the assignment,
+    `in_progress` is True: which partitions stay here is not known yet, and a
+    commit then could write answers for partitions another instance already
+    reads from the committed offset (a group-kill run answered a batch twice
+    under exactly-once that way: the broker accepts offsets from any member
+    of the new generation, whoever owns the partition)."""
 
     def __init__(
         self,
@@ -119,14 +124,17 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assignment = assignment
         self.on_lost = on_lost
         self.owned: set[Any] = set()
+        self.in_progress = False
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked and not self.stopping():  # leaving the group on close is no rebalance
+            self.in_progress = True
             self.stats.n_revocations += 1
             log.info("partitions revoked: %s", sorted(str(p) for p in revoked))
 
     def on_partitions_lost(self, lost: Any) -> None:
         log.warning("partitions lost with the group membership: %s", sorted(map(str, lost)))
+        self.in_progress = False
         self.stats.n_revocations += 1
         self.owned -= set(lost)
         self.on_lost(set(lost))
@@ -135,12 +143,18 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
         # Positions may have moved back (to the committed offsets) while the
         # fetch sessions still hold where the broker thinks they are.
         self.restart_fetching()
+        self.in_progress = False
         self.stats.n_assignments += 1
         log.info("partitions assigned: %s", sorted(str(p) for p in assigned))
         current = set(self.assignment())
         lost, self.owned = self.owned - current, current
         if lost:
             self.on_lost(lost)
+
+
+class RebalancePending(Exception):
+    """A rebalance revoked the partitions and has not assigned them yet: the
+    batch in hand waits for it before it commits."""
 
 
 @dataclass
@@ -215,6 +229,7 @@ class CascadeService:
         self._since_snapshot = 0
         self._carried: dict[Any, list[Any]] = {}
         self._pending: _Answered | None = None
+        self._rebalances: _Rebalances | None = None
         # Partitions given to another instance since the batch in hand was taken.
         self._lost: set[Any] = set()
         self._paused: set[Any] = set()
@@ -256,9 +271,11 @@ class CascadeService:
 
         config = self.config
         settings = client_settings(config)
+        # The broker was there a moment ago (the startup check); a node of a
+        # cluster going down now (a rolling restart) is waited out here too.
         if config.create_topics:
-            ensure_topics(config)
-        restored_offsets = self._restore()
+            self._at_start("creating topics", lambda: ensure_topics(config))
+        restored_offsets: dict[str, int] = self._at_start("reading the snapshot", self._restore)
         self._consumer = KafkaConsumer(
             **settings,
             group_id=config.group_id,
@@ -271,16 +288,11 @@ class CascadeService:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 4),
         )
-        self._consumer.subscribe(
-            [config.topics.requests],
-            listener=_Rebalances(
-                self.stats,
-                self._stop.is_set,
-                self._consumer.assignment,
-                self._on_lost,
-                lambda: restart_fetching(self._consumer),
-            ),
-        )
+        self._rebalances = _Rebalances(
+            self.stats, self._stop.is_set, self._consumer.assignment, self._on_lost,
+            lambda: restart_fetching(self._consumer),
+        )  # fmt: skip
+        self._consumer.subscribe([config.topics.requests], listener=self._rebalances)
         self.link.on_up.append(lambda: restart_fetching(self._consumer))
         self.inbox.open(restored_offsets)
         if self.learner is not None:
@@ -309,6 +321,23 @@ class CascadeService:
         log.info("stopped: %s", self.stats.line())
         return self.stats
 
+    def _at_start(self, what: str, call: Callable[[], Any], limit_s: float = 60.0) -> Any:
+        """`call`, tried again on a Kafka error for up to `limit_s` (or
+        `outage_limit_s`, if shorter)."""
+        from kafka.errors import KafkaError
+
+        started = time.monotonic()
+        while True:
+            try:
+                result = call()
+                self.link.ok()
+                return result
+            except KafkaError as error:
+                if time.monotonic() - started > limit_s or self._stop.is_set():
+                    raise
+                self.link.failed(what, error)
+                self.link.wait(self._stop)
+
     def _loop(self) -> None:
         """Turns until a stop (and then until the batch in hand is committed or
         the grace period is over). A failed Kafka call is an outage: wait, retry."""
@@ -318,6 +347,8 @@ class CascadeService:
             self.last_loop_s = time.monotonic()
             try:
                 self._turn()
+            except RebalancePending:
+                continue  # the next turn's poll takes the rebalance further
             except (KafkaError, Stuck, BatchFailed) as error:
                 self.link.failed("serve", error)
                 if self._stop.is_set():
@@ -335,7 +366,8 @@ class CascadeService:
 
     def _turn(self) -> None:
         if self._pending is not None:
-            self._poll_paused(0)  # keeps the membership; says what was handed over
+            # Keeps the membership, takes a rebalance further, says what was handed over.
+            self._poll_paused(100 if self._rebalancing() else 0)
             self._commit(self._pending)
             return
         if self._stop.is_set():
@@ -459,6 +491,9 @@ class CascadeService:
         self._drop_lost(pending)
         return pending
 
+    def _rebalancing(self) -> bool:
+        return self._rebalances is not None and self._rebalances.in_progress
+
     def _drop_lost(self, pending: _Answered) -> None:
         # A partition handed to another instance meanwhile is read there from its
         # committed offset: answering its records here too would answer them twice.
@@ -472,6 +507,8 @@ class CascadeService:
         """Write the batch's outputs and offsets; on success the batch is done
         and its partitions resume. Raises (KafkaError, Stuck, BatchFailed) when
         it could not: the batch stays in hand and is tried again."""
+        if self._rebalancing():
+            raise RebalancePending
         self._drop_lost(pending)
         outputs = [output for _, output in pending.outputs]
         pending.n_tries += 1
