@@ -238,6 +238,20 @@ def test_a_hung_backend_times_out_and_the_model_loads_on_first_use() -> None:
     assert time.monotonic() - started < 1.0 and len(built) == 1
 
 
+def test_building_a_backend_is_not_timed_as_a_call() -> None:
+    """A first run fetches and loads its models inside the first call: that
+    took minutes on a fresh machine and must not count against the call's
+    timeout (it turned every request of the first run into a dead letter)."""
+
+    def build() -> Flaky:
+        time.sleep(0.5)  # a download, then a load
+        return Flaky()
+
+    guard = GuardedBackend(build, "slow-to-load", call_timeout_s=0.2)
+    assert guard.generate([PROMPT], GenerationParams())[0][0].text == "ok"
+    assert guard.n_failures == 0 and guard.breaker.state == "closed"
+
+
 def test_the_pool_builds_each_backend_once_and_lazily(tmp_path: Any) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"task_id": "r1", "solution": "def f(): pass"}) + "\n")

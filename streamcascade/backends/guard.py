@@ -203,21 +203,27 @@ class GuardedBackend:
     def _guarded(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         if not self.breaker.allow():
             raise BackendUnavailable(f"{self._name}: circuit breaker open")
-        timeout_s = self.call_timeout_s
-        deadline = _deadline.get()
-        if deadline is not None:
-            timeout_s = min(timeout_s, deadline - time.monotonic())
-            if timeout_s <= 0:
-                self.breaker.release()
-                raise BackendError(f"{self._name}: the request's generation deadline passed")
         self.n_calls += 1
         try:
+            # Built (a model fetched and loaded) before the call's clock starts:
+            # a first run on a fresh machine downloads 1.6 GB, which is no hang,
+            # and timed with the call it turned every request of the README's
+            # first command into a dead letter.
+            backend = self.backend()
+            timeout_s = self.call_timeout_s
+            deadline = _deadline.get()
+            if deadline is not None:
+                timeout_s = min(timeout_s, deadline - time.monotonic())
+                if timeout_s <= 0:
+                    self.breaker.release()
+                    raise _DeadlinePassed(f"{self._name}: the request's generation deadline passed")
             if self.may_hang:
-                result = _call_with_timeout(
-                    lambda: self.backend().generate(prompts, params), timeout_s
-                )
+                result = _call_with_timeout(lambda: backend.generate(prompts, params), timeout_s)
             else:
-                result = self.backend().generate(prompts, params)
+                result = backend.generate(prompts, params)
+        except _DeadlinePassed as error:
+            self.n_calls -= 1  # not a call: the deadline passed before it
+            raise BackendError(str(error)) from None
         except BackendError:
             self.n_failures += 1
             self.breaker.failure()
@@ -231,6 +237,10 @@ class GuardedBackend:
             raise
         self.breaker.success()
         return result
+
+
+class _DeadlinePassed(Exception):
+    """The request's deadline passed before the call could start."""
 
 
 class _Callers:
