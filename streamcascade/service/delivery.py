@@ -134,10 +134,14 @@ class Delivery(ABC):
         from kafka.errors import KafkaError
 
         if self.producer is None:
+            # Built on this thread, never in a thread left behind on a timeout:
+            # a transactional producer that finished starting after its
+            # replacement would bump the epoch under it (a broker-restarts run
+            # saw its next transaction fenced, and lost a batch). Its waits are
+            # bounded by max_block_ms (transaction_timeout_s).
             try:
-                self.producer = bounded(self._new_producer, self.config.transaction_timeout_s,
-                                        "new producer")  # fmt: skip
-            except (KafkaError, Stuck) as error:  # the broker may still be away
+                self.producer = self._new_producer()
+            except KafkaError as error:  # the broker may still be away
                 raise BatchFailed(f"no producer: {error!r}") from error
         return self.producer
 
@@ -243,9 +247,13 @@ class ExactlyOnce(Delivery):
             "transactional_id": f"{self.config.group_id}.{self.instance_id}",
         }
         producer = KafkaProducer(**settings)
-        # Bumps the epoch: whatever an older producer left open is aborted, and
-        # one that had begun to commit is completed first.
-        producer.init_transactions()
+        try:
+            # Bumps the epoch: whatever an older producer left open is aborted,
+            # and one that had begun to commit is completed first.
+            producer.init_transactions()
+        except BaseException:
+            close_at_once(producer)  # its pending init must not finish later
+            raise
         return producer
 
     def _already_committed(self, consumer: Any, commit: dict[Any, Any]) -> bool:
