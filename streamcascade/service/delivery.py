@@ -133,6 +133,10 @@ class Delivery(ABC):
         """The producer, built anew when the last one was dropped."""
         from kafka.errors import KafkaError
 
+        if self.producer is None and self._stopping():
+            # A broker that is away is not waited for at shutdown: starting a
+            # producer then can take longer than the grace period.
+            raise BatchFailed("no producer: the service is stopping")
         if self.producer is None:
             # Built on this thread, never in a thread left behind on a timeout:
             # a transactional producer that finished starting after its
