@@ -19,9 +19,10 @@ import socket
 import subprocess
 import time
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from platformdirs import user_cache_dir
 
@@ -120,7 +121,31 @@ def _cluster_id() -> str:
             return candidate
 
 
-class LocalKafka:
+class _Running(ABC):
+    """Start on entering, stop on leaving: what a broker and a cluster share."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start, and return once it serves."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop cleanly."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalKafka(_Running):
     """One Kafka node on 127.0.0.1, its data in `data_dir`.
 
     Stopping and starting again keeps the data and the ports, so a test can
@@ -328,20 +353,8 @@ class LocalKafka:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def __enter__(self) -> LocalKafka:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class KafkaCluster:
+class KafkaCluster(_Running):
     """`n_nodes` Kafka nodes on 127.0.0.1, each a broker and a voter of one
     controller quorum (static voters), internal topics replicated to every
     node and `min.insync.replicas` one less: a cluster that keeps serving
@@ -479,15 +492,3 @@ class KafkaCluster:
             if time.monotonic() > deadline:
                 raise BrokerError(f"no running node leads the quorum after {timeout_s} s")
             time.sleep(0.2)
-
-    def __enter__(self) -> KafkaCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
