@@ -154,19 +154,10 @@ class Delivery(ABC):
         """Write the batch's outputs and commit its offsets (those of partitions
         the consumer still owns); `BatchFailed` when it could not."""
 
+    @abstractmethod
     def write(self, outputs: list[Output]) -> None:
-        """Outputs with no offsets to commit alongside."""
-        from kafka.errors import KafkaError
-
-        limit_s = self.config.transaction_timeout_s
-        producer = self._ready_producer()
-        try:
-            futures = [self._send(producer, o) for o in outputs]
-            producer.flush(timeout=limit_s)
-            for future in futures:
-                future.get(timeout=limit_s)
-        except KafkaError as error:
-            raise BatchFailed(repr(error)) from error
+        """Outputs with no offsets to commit alongside; `BatchFailed` when it
+        could not (each delivery retries in its own way)."""
 
     def _send(self, producer: Any, output: Output) -> Any:
         return producer.send(output.topic, key=output.key, value=output.value,
