@@ -145,7 +145,7 @@ class Delivery(ABC):
             # bounded by max_block_ms (transaction_timeout_s).
             try:
                 self.producer = self._new_producer()
-            except KafkaError as error:  # the broker may still be away
+            except (Stuck, KafkaError) as error:  # the broker may still be away
                 raise BatchFailed(f"no producer: {error!r}") from error
         return self.producer
 
@@ -232,6 +232,7 @@ class ExactlyOnce(Delivery):
         self._unsure = False
         """The last transaction failed at or after its commit: it may have
         committed all the same."""
+        self._n_failed_inits = 0
 
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
@@ -242,13 +243,26 @@ class ExactlyOnce(Delivery):
             "transactional_id": f"{self.config.group_id}.{self.instance_id}",
         }
         producer = KafkaProducer(**settings)
+        # kafka-python 3.0.12 can sit on a coordinator that a killed broker
+        # still was when it asked (the sender retries nothing for the whole
+        # max_block_ms: 15 s after each leader kill). With a broker away, an
+        # init is given up after 1 s, then 2, 4, ... (a slow cluster with a node
+        # down still gets its full timeout in the end), and the next try asks
+        # for the coordinator afresh.
+        watch = BrokerWatch(list(self.config.bootstrap_servers), after_s=2.0**self._n_failed_inits)
+        watch.start()
         try:
             # Bumps the epoch: whatever an older producer left open is aborted,
             # and one that had begun to commit is completed first.
-            producer.init_transactions()
+            bounded(producer.init_transactions, self.config.transaction_timeout_s,
+                    "init-transactions", watch)  # fmt: skip
         except BaseException:
-            close_at_once(producer)  # its pending init must not finish later
+            self._n_failed_inits += 1
+            # Its sender is stopped before a replacement starts, so its init
+            # cannot land after the replacement's and fence it.
+            close_at_once(producer, join_s=1.0)
             raise
+        self._n_failed_inits = 0
         return producer
 
     def _already_committed(self, consumer: Any, commit: dict[Any, Any]) -> bool:

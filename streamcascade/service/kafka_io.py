@@ -208,13 +208,15 @@ def read_latest_state(config: KafkaConfig) -> dict[str, Any] | None:
         consumer.close()
 
 
-def close_at_once(producer: Any) -> None:
+def close_at_once(producer: Any, join_s: float = 0.0) -> None:
     """Close a producer without waiting for its unsent records. kafka-python
     3.0.12's `close(timeout=0)` flushes first and raises when records are
     still unsent, before it force-closes its sender thread; that thread then
     lives on until the records expire (`delivery_timeout_ms`, 2 min), and a
     fault run's replacement producer crawled until it died. So the sender is
-    force-closed here when `close` gives up."""
+    force-closed here when `close` gives up. `join_s`: wait this long for the
+    sender thread to end (a force-closed sender sends nothing new, but one
+    request may be on its way out)."""
     try:
         producer.close(timeout=0)
     except Exception as error:  # a stuck producer's own errors are expected
@@ -222,6 +224,9 @@ def close_at_once(producer: Any) -> None:
         sender = getattr(producer, "_sender", None)
         if sender is not None and sender.is_alive():
             sender.force_close()
+    sender = getattr(producer, "_sender", None)
+    if join_s > 0 and sender is not None and sender.is_alive():
+        sender.join(join_s)
 
 
 def release_parked_records(consumer: Any) -> None:
