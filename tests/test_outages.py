@@ -361,18 +361,18 @@ def test_an_init_that_hangs_while_a_broker_is_away_is_given_up_and_tried_afresh(
     config = KafkaConfig(bootstrap_servers=["127.0.0.1:1"], transaction_timeout_s=20)
     delivery = ExactlyOnce(config, "i0", lambda: False)
     reasons = []
-    for _ in range(2):
+    for _ in range(5):
         with pytest.raises(BatchFailed) as failed:
             delivery.commit(_GroupConsumer(), [], {})
         reasons.append(str(failed.value))
-    # Given up long before the 20 s timeout, the second time after twice as long
-    # (a slow cluster with a node down still gets its full timeout in the end).
+    # Given up long before the 20 s timeout, the fifth time after longer (a slow
+    # cluster with a node down still gets its full timeout in the end).
     given_up_s = [float(reason.split("given up after ")[1].split(" s")[0]) for reason in reasons]
-    assert given_up_s[0] >= 1.0 and given_up_s[1] >= 2.0 and max(given_up_s) < 20
+    assert min(given_up_s) >= 1.0 and given_up_s[4] >= 2.0 and max(given_up_s) < 20
     assert all("a broker went away (127.0.0.1:1)" in reason for reason in reasons)
     # Each stuck producer was closed before the next one started, so its init
     # cannot land after its replacement's and fence it.
-    assert [producer.closed.is_set() for producer in _InitProducer.instances] == [True, True]
+    assert [producer.closed.is_set() for producer in _InitProducer.instances] == [True] * 5
     monkeypatch.setattr(_InitProducer, "hang", False)
     delivery.commit(_GroupConsumer(), [Output("answers", b"t0", b"a", [])], {})
     assert _InitProducer.instances[-1].transactions == ["begin", "commit"]

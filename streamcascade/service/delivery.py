@@ -245,11 +245,13 @@ class ExactlyOnce(Delivery):
         producer = KafkaProducer(**settings)
         # kafka-python 3.0.12 can sit on a coordinator that a killed broker
         # still was when it asked (the sender retries nothing for the whole
-        # max_block_ms: 15 s after each leader kill). With a broker away, an
-        # init is given up after 1 s, then 2, 4, ... (a slow cluster with a node
-        # down still gets its full timeout in the end), and the next try asks
+        # max_block_ms: 15 s after each leader kill), and the cluster may name
+        # the dead broker for seconds more. With a broker away, an init is given
+        # up after 1 s four times, then 2 s four times, and so on (a slow cluster
+        # with a node down still gets its full timeout in the end); each try asks
         # for the coordinator afresh.
-        watch = BrokerWatch(list(self.config.bootstrap_servers), after_s=2.0**self._n_failed_inits)
+        after_s = 1.0 + self._n_failed_inits // 4
+        watch = BrokerWatch(list(self.config.bootstrap_servers), after_s=after_s)
         watch.start()
         try:
             # Bumps the epoch: whatever an older producer left open is aborted,
