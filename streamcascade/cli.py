@@ -445,6 +445,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     from streamcascade.benchtools import perf
 
+    _interrupt_on_sigterm()  # the servers it starts are stopped on the way out
+
     if args.what == "sandbox":
         print(perf.sandbox_throughput().table())
     elif args.what == "engine":
@@ -577,12 +579,24 @@ def cmd_follow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends the command as Ctrl-C does, through its `finally`s (by
+    default it ends Python at once, and child brokers and services live on)."""
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     import tempfile
 
     from streamcascade.benchtools.faults import HEADER, fault_table
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    _interrupt_on_sigterm()  # brokers and services are stopped on the way out
     runs = [(s, d) for s in args.scenario for d in args.delivery for _ in range(args.repeat)]
     work_dir = (
         Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="streamcascade-faults-"))

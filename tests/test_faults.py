@@ -80,3 +80,38 @@ def test_a_short_soak_with_hostile_programs_loses_nothing_and_leaves_nothing(
     assert report.leftover_processes == 0 and report.leftover_ipc == 0, report
     assert report.leftover_cgroups == 0, report
     assert report.exit_code == 0, report
+
+
+@pytest.mark.slow
+def test_a_fault_run_stopped_with_sigterm_leaves_no_broker_or_service_behind(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (a CI job cancelled, `kill`) ends `streamcascade faults` as Ctrl-C
+    does: its brokers and services are stopped on the way out."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def ours() -> list[str]:
+        found = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True)
+        return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+    command = [sys.executable, "-m", "streamcascade", "faults", "--scenario", "broker-restart",
+               "--requests", "3000", "--dir", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    log = tmp_path / "0-broker-restart-at_least_once" / "service-i1.log"
+    while "batch of" not in (log.read_text() if log.exists() else ""):
+        assert process.poll() is None and time.monotonic() < deadline, "no batch answered"
+        time.sleep(0.2)
+    assert any("streamcascade serve" in line for line in ours())  # the service runs
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    left = ours()
+    deadline = time.monotonic() + 10  # a JVM may take a moment to exit
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = ours()
+    assert left == [], left

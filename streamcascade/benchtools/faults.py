@@ -25,7 +25,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -363,6 +364,16 @@ def _cluster_fault(run: _Run, cluster: KafkaCluster, scenario: str, n_faults: in
         cluster.wait_in_sync([topic], run.timeout_s)
 
 
+@contextmanager
+def _killed_at_exit(services: list[ServiceProcess]) -> Iterator[None]:
+    """A run cut short (an error, Ctrl-C, SIGTERM) leaves no service behind."""
+    try:
+        yield
+    finally:
+        for service in services:
+            service.kill()  # those already ended are left as they are
+
+
 def run_fault(
     broker: LocalKafka | KafkaCluster,
     work_dir: Path,
@@ -389,7 +400,7 @@ def run_fault(
     first = ServiceProcess(config_path, "i1", work_dir)
     services = [first]
     n_exits = 0
-    with AnswerCounter(kafka) as answers:
+    with AnswerCounter(kafka) as answers, _killed_at_exit(services):
         first.start()
         run = _Run(broker, kafka, answers, services, n_requests, rng, timeout_s)
         if scenario == "sigkill":
