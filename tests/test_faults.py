@@ -115,3 +115,34 @@ def test_a_fault_run_stopped_with_sigterm_leaves_no_broker_or_service_behind(
         time.sleep(0.2)
         left = ours()
     assert left == [], left
+
+
+@pytest.mark.slow
+def test_the_answer_counter_resumes_where_it_left_off_with_each_new_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counter replaces a client that read nothing for a while (its
+    kafka-python client can stall as the service's can); a new one must
+    neither miss answers nor count one twice."""
+    import time
+
+    from streamcascade.benchtools import faults
+    from streamcascade.service.broker import LocalKafka
+    from streamcascade.service.kafka_io import ensure_topics
+    from streamcascade.service.tools import feed
+
+    monkeypatch.setattr(faults, "REBUILD_IDLE_S", 0.5)
+    with LocalKafka(tmp_path / "kafka", partitions=2) as broker:
+        _, kafka = faults.write_replay_config(
+            tmp_path, broker.bootstrap_servers, 8, "at_least_once"
+        )
+        ensure_topics(kafka)
+        with faults.AnswerCounter(kafka) as answers:
+            feed(kafka, [faults.request_value(i) for i in range(5)], topic=kafka.topics.answers)
+            assert answers.wait_distinct(5, 60)
+            time.sleep(3.0)  # idle: several new clients in turn
+            feed(kafka, [faults.request_value(i) for i in range(5, 8)], topic=kafka.topics.answers)
+            assert answers.wait_distinct(8, 60)
+            time.sleep(2.0)
+            assert answers.total() == 8
+            assert answers.n_clients >= 3

@@ -119,6 +119,9 @@ def write_replay_config(
     return path, KafkaConfig.model_validate(config["kafka"])
 
 
+REBUILD_IDLE_S = 10.0
+
+
 class AnswerCounter:
     """Follows the answers topic (read_committed) in a thread, counting ids."""
 
@@ -129,10 +132,14 @@ class AnswerCounter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._ready = threading.Event()
+        self.n_clients = 0
+        """Clients started so far (a new one replaces one that read nothing)."""
 
     def __enter__(self) -> AnswerCounter:
         self._thread.start()
-        self._ready.wait(60)
+        if not self._ready.wait(60):
+            self._stop.set()
+            raise RuntimeError("the answer counter could not start reading in 60 s")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -140,34 +147,62 @@ class AnswerCounter:
         self._thread.join(30)
 
     def _run(self) -> None:
+        """Reads until stopped. A client that has read nothing for
+        `REBUILD_IDLE_S` is replaced by a new one that resumes where it left
+        off: the counter's kafka-python client meets the same fetcher stalls as
+        the service's (a leader-kill test's counter read nothing for 10 minutes
+        from a fresh cluster while the service's transactions had committed),
+        and a lost answer must be the service's, never the counter's."""
+        from kafka.errors import KafkaError
+
+        next_offsets: dict[Any, int] = {}
+        while not self._stop.is_set():
+            try:
+                self._read(next_offsets)
+            except KafkaError as error:  # a broker away while it starts: try again
+                log.debug("answer counter: %r", error)
+                self._stop.wait(1.0)
+
+    def _read(self, next_offsets: dict[Any, int]) -> None:
+        """One client's life: until stopped or idle for `REBUILD_IDLE_S`."""
         from kafka import KafkaConsumer, TopicPartition
 
         topic = self.config.topics.answers
         consumer = KafkaConsumer(
             **client_settings(self.config), group_id=None, isolation_level="read_committed"
         )
+        self.n_clients += 1
         try:
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
+            if not partitions:
+                self._stop.wait(1.0)  # no metadata yet
+                return
             consumer.assign(partitions)
-            consumer.seek_to_beginning(*partitions)
+            for partition in partitions:
+                if partition in next_offsets:
+                    consumer.seek(partition, next_offsets[partition])
+                else:
+                    consumer.seek_to_beginning(partition)
             self._ready.set()
-            idle_since = time.monotonic()
+            idle_since = stalled_since = time.monotonic()
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=200)
-                for records in polled.values():
+                for partition, records in polled.items():
                     with self._lock:
                         for record in records:
                             self.ids[(record.key or b"").decode()] += 1
+                            next_offsets[partition] = record.offset + 1
+                now = time.monotonic()
                 if polled:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > 3.0:
-                    # The counter's own client meets the same fetcher stalls
-                    # after a broker restart as the service's: a lost answer
-                    # must be the service's, never the counter's.
+                    idle_since = stalled_since = now
+                elif now - idle_since > REBUILD_IDLE_S:
+                    return  # a new client, from where this one got to
+                elif now - stalled_since > 3.0:
                     restart_fetching(consumer)
-                    idle_since = time.monotonic()
+                    stalled_since = now
         finally:
-            self._ready.set()
             consumer.close()
 
     def distinct(self) -> int:
