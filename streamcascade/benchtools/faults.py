@@ -147,20 +147,19 @@ class AnswerCounter:
         self._thread.join(30)
 
     def _run(self) -> None:
-        """Reads until stopped. A client that has read nothing for
-        `REBUILD_IDLE_S` is replaced by a new one that resumes where it left
-        off: the counter's kafka-python client meets the same fetcher stalls as
-        the service's (a leader-kill test's counter read nothing for 10 minutes
-        from a fresh cluster while the service's transactions had committed),
-        and a lost answer must be the service's, never the counter's."""
-        from kafka.errors import KafkaError
-
+        """Reads until stopped; a lost answer must be the service's, never the
+        counter's. A client that fails (a leader-kill test's counter died at
+        its start: a topic just created had no partitions in its metadata yet,
+        and the run waited 10 minutes for answers the service had committed)
+        or reads nothing for `REBUILD_IDLE_S` (kafka-python's fetcher stalls
+        as the service's does) is replaced by a new one that resumes where it
+        got to."""
         next_offsets: dict[Any, int] = {}
         while not self._stop.is_set():
             try:
                 self._read(next_offsets)
-            except KafkaError as error:  # a broker away while it starts: try again
-                log.debug("answer counter: %r", error)
+            except Exception as error:  # a broker away, metadata not there yet
+                log.warning("answer counter: %r; starting a new client", error)
                 self._stop.wait(1.0)
 
     def _read(self, next_offsets: dict[Any, int]) -> None:
@@ -176,8 +175,8 @@ class AnswerCounter:
             partitions = [
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
             ]
-            if not partitions:
-                self._stop.wait(1.0)  # no metadata yet
+            if len(partitions) < self.config.partitions:
+                self._stop.wait(1.0)  # metadata of a topic just created: not all there yet
                 return
             consumer.assign(partitions)
             for partition in partitions:
