@@ -142,7 +142,8 @@ class Delivery(ABC):
             # a transactional producer that finished starting after its
             # replacement would bump the epoch under it (a broker-restarts run
             # saw its next transaction fenced, and lost a batch). Its waits are
-            # bounded by max_block_ms (transaction_timeout_s).
+            # bounded by max_block_ms (transaction_timeout_s); an init given up
+            # sooner has its producer closed before this returns.
             try:
                 self.producer = self._new_producer()
             except (Stuck, KafkaError) as error:  # the broker may still be away
