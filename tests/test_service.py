@@ -379,6 +379,23 @@ def test_cluster_ids_never_look_like_options() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
+def test_ports_for_brokers_lie_below_the_range_outgoing_connections_draw_from() -> None:
+    """A broker's port is picked seconds before the JVM binds it; a port in the
+    ephemeral range can be taken meanwhile by any client's outgoing connection
+    (a three-node start in CI died on "Address already in use")."""
+    import socket
+
+    from streamcascade.service.broker import _ephemeral_range, free_port
+
+    low, _high = _ephemeral_range()
+    ports = [free_port() for _ in range(200)]
+    assert all(port < low for port in ports)
+    assert len(set(ports)) == len(ports)  # never one promised already to a server not yet up
+    for port in ports[:20]:  # and each one binds
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
 def _create_topics(broker: LocalKafka, partitions: dict[str, int]) -> None:
     """Topics by name and partition count (the broker does not auto-create them)."""
     from kafka import KafkaAdminClient
@@ -701,16 +718,15 @@ def test_serve_metrics_health_and_readiness_count_what_was_fed(
     every record fed, /healthz and /readyz say it is alive and serving."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     import yaml
 
     n = 12
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from streamcascade.service.broker import free_port
+
+    port = free_port()  # below the ephemeral range: no client takes it before the service binds
     raw = shared_replay_config(tmp_path, kafka.bootstrap_servers, n, instance_id="m0",
                                partitions=2, metrics_address=f"127.0.0.1:{port}")  # fmt: skip
     config_path = tmp_path / "serve.yaml"

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -24,14 +22,9 @@ from typing import Any
 
 import httpx
 
+from streamcascade.service.broker import free_port
+
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LlamaCppServer:

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -105,10 +106,46 @@ def fetch_kafka(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> 
     return libs
 
 
+_EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()  # by this process: never the same port twice
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections and to bind(0)
+    (Linux's default where it cannot be read)."""
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE_PATH.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now and that no outgoing connection will
+    take before a server binds it.
+
+    A port from bind(0) lies in the ephemeral range, which every outgoing
+    connection draws from too: between picking it and a broker binding it
+    (seconds, for a JVM), a client connecting anywhere may take it, and the
+    broker dies with "Address already in use" (seen in CI on a three-node
+    cluster's start). Ports below that range are only taken by explicit
+    binds, so one picked at random there and free now stays free.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(_LOWEST_PORT, low) if low - _LOWEST_PORT >= 1000 else range(high + 1, 65536)
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port in _handed_out:  # free now, but promised to a server not yet started
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise BrokerError(f"no free loopback port in {candidates.start}-{candidates.stop - 1}")
 
 
 def _cluster_id() -> str:
