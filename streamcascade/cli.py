@@ -188,6 +188,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir)
     grader_config = SandboxConfig(per_test_timeout_s=10.0)
+    if args.labels:
+        return _bench_labels(args, out_dir)
     if args.learn:
         return _bench_learn(args, out_dir, grader_config)
     if args.budget:
@@ -274,6 +276,26 @@ def _ladder(args: argparse.Namespace, out_dir: Path) -> tuple[AppConfig, list[An
             f"{args.ladder}: no usable task", hint=f"see {out_dir}/ladder-dead-letters.jsonl"
         )
     return config, requests[: args.limit]
+
+
+def _bench_labels(args: argparse.Namespace, out_dir: Path) -> int:
+    from streamcascade.benchtools.labelbench import label_stream_bench, plot_share
+
+    path = Path(args.labels)
+    if not path.is_file():
+        raise InputError(f"--labels {path}: no such file")
+    try:
+        report = label_stream_bench(
+            path, threshold=args.threshold, limit=args.limit,
+            progress=lambda items, label: _progress(items, label, not args.no_progress),
+        )  # fmt: skip
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    print(report.table())
+    png = out_dir / "labels-share.png"
+    plot_share(report, png)
+    print(f"wrote {_bench_outputs(out_dir, 'labels', report.as_dict())} and {png}")
+    return 0
 
 
 def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
@@ -733,6 +755,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ladder; with and without the exemplar memory on the configured models"
     )
     bench.add_argument("--learn", action="store_true", help=learn_help)
+    labels_help = "a label stream (JSONL of label requests with reference_label, in order) "
+    labels_help += "through the cheap learner (river) below its own labels replayed as the top"
+    bench.add_argument("--labels", metavar="FILE", help=labels_help)
+    bench.add_argument(
+        "--threshold", type=float, default=0.95, help="--labels: the cheap level's threshold"
+    )
     budget_help = "the budget heuristic: Pareto front of (k, t, L, threshold) on --codet's "
     budget_help += "recordings below --ladder's GPT-4, offline then as a bandit"
     bench.add_argument("--budget", action="store_true", help=budget_help)

@@ -14,6 +14,7 @@ from streamcascade.backends.base import (
     ChatMessage,
     Completion,
     GenerationParams,
+    LearnsFromAnswers,
     Prompt,
     UnknownTaskError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Completion",
     "GenerationParams",
     "GuardedBackend",
+    "LearnsFromAnswers",
     "Prompt",
     "UnknownTaskError",
     "generation_deadline",
@@ -72,6 +74,7 @@ class BackendPool:
                 call_timeout_s=self._call_timeout_s,
                 prompts_per_call=config.prompts_per_call(),
                 may_hang=config.may_hang(),
+                learns_online=config.learns_online(),
             )
         return self._backends[key]
 

@@ -59,6 +59,10 @@ class Completion:
     tokens_out: int
     seconds: float
     finish_reason: str = "stop"
+    confidence: float | None = None
+    """How likely this answer is right, where the model can say (a classifier's
+    measured precision at its confidence); None for a model that cannot. A
+    level's vote weighs its share of the votes by it."""
 
 
 @dataclass
@@ -84,6 +88,17 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class LearnsFromAnswers(Protocol):
+    """A backend that learns while it serves (a cheap online classifier): it is
+    shown the answers a more capable level gave to prompts it was, or could
+    have been, asked (imitation)."""
+
+    def learn(self, prompts: list[Prompt], answers: list[str]) -> None:
+        """Learn that each prompt's right answer is the text beside it."""
+        ...
+
+
 class BackendSettings(BaseModel):
     """The config of one backend kind. Each kind (an entry point in the group
     `streamcascade.backends`) owns a subclass; `kind` selects it in YAML."""
@@ -103,6 +118,12 @@ class BackendSettings(BaseModel):
         it holds says False, and is called on the caller's thread (the hand-off
         costs about 100 us a call)."""
         return True
+
+    def learns_online(self) -> bool:
+        """Whether the backend learns from the answers of the levels above it
+        (`LearnsFromAnswers`). The default, a model that does not, is never
+        built just to be shown them."""
+        return False
 
     def check(self, model_cache_dir: Path | None, offline: bool) -> None:
         """Raise a `streamcascade.errors.UserError` for what is wrong with this

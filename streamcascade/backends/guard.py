@@ -22,6 +22,7 @@ from streamcascade.backends.base import (
     BackendUnavailable,
     Completion,
     GenerationParams,
+    LearnsFromAnswers,
     Prompt,
 )
 
@@ -162,12 +163,14 @@ class GuardedBackend:
         call_timeout_s: float = 300.0,
         prompts_per_call: int | None = None,
         may_hang: bool = True,
+        learns_online: bool = False,
     ) -> None:
         """`prompts_per_call`: a batch is split into calls of at most this many
         prompts, each with its own timeout (None: one call). `may_hang` False:
         calls run on the caller's thread, with no timeout (see
         `BackendSettings.may_hang`)."""
         self.may_hang = may_hang
+        self.learns_online = learns_online
         self._build = build
         self.prompts_per_call = prompts_per_call
         self._backend: Backend | None = None
@@ -199,6 +202,16 @@ class GuardedBackend:
         for start in range(0, len(prompts), size):
             results.extend(self._guarded(prompts[start : start + size], params))
         return results
+
+    def learn(self, prompts: list[Prompt], answers: list[str]) -> None:
+        """Hands the answers to a backend that learns from them (and builds
+        nothing for one that does not). Learning is the backend's own work in
+        memory, outside the breaker: it never calls a model."""
+        if not self.learns_online:
+            return
+        backend = self.backend()
+        if isinstance(backend, LearnsFromAnswers):
+            backend.learn(prompts, answers)
 
     def _guarded(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         if not self.breaker.allow():

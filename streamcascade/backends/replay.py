@@ -3,7 +3,9 @@
 Two formats are understood:
 
 - ``ladder``: one JSON object per line with ``task_id`` and ``solution`` (a
-  whole program), one recorded answer per task, no generated tests;
+  whole program), one recorded answer per task, no generated tests; or with
+  ``id`` and ``label`` (or ``reference_label``): a recorded classification,
+  so a label stream's own file can stand in for a large model's labels;
 - ``codet``: CodeT's directory with ``codegen16b-solutions.jsonl`` and
   ``codegen16b-tests.jsonl`` (100 completions each per task, in HumanEval
   order) and ``prompts-for-solutions.jsonl`` naming the tasks.
@@ -150,6 +152,14 @@ def _row_solution(row: dict[str, Any]) -> str | None:
     return None
 
 
+def _row_label(row: dict[str, Any]) -> str | None:
+    """A recorded classification: the row's `label`, or a label request's
+    `reference_label` (a stream whose authors' labels stand in for a large
+    model's answers)."""
+    label = row.get("label", row.get("reference_label"))
+    return label if isinstance(label, str) and label else None
+
+
 def _row_usage(row: dict[str, Any]) -> tuple[int, int] | None:
     """The recording's own token counts (`prompt_tokens`, `completion_tokens`:
     numbers or lists of them, one per try), where it has them."""
@@ -171,6 +181,7 @@ class LadderReplayBackend(_ReplayBase):
     def __init__(self, path: Path, name: str | None = None) -> None:
         super().__init__(name or path.stem)
         self._solutions: dict[str, str] = {}
+        self._labels: dict[str, str] = {}
         self._usage: dict[str, tuple[int, int]] = {}
         # A malformed row costs its task only: asked for it, the backend says why.
         self.malformed: dict[str, str] = {}
@@ -185,8 +196,11 @@ class LadderReplayBackend(_ReplayBase):
                     continue
                 task = (row.get("task_id") or row.get("id")) if isinstance(row, dict) else None
                 solution = _row_solution(row) if task is not None else None
+                label = _row_label(row) if task is not None else None
                 if task is None:
                     self.malformed[f"line {number}"] = f"{path.name}:{number} has no task_id"
+                elif label is not None:
+                    self._labels[str(task)] = label
                 elif solution is None:
                     self.malformed[str(task)] = (
                         f"{path.name}:{number} has no solution string (nor source_codes)"
@@ -198,20 +212,24 @@ class LadderReplayBackend(_ReplayBase):
                         self._usage[str(task)] = usage
 
     def has(self, task_id: str) -> bool:
-        return task_id in self._solutions
+        return task_id in self._solutions or task_id in self._labels
 
     def why_missing(self, task_id: str) -> str:
         why = self.malformed.get(task_id, "no row for it")
         return f"{self._name} has no recording for task {task_id!r}: {why}"
 
     def _recorded(self, prompt: Prompt) -> list[str]:
-        if prompt.request_id not in self._solutions:
+        if not self.has(prompt.request_id):
             why = self.malformed.get(prompt.request_id, "no row for it")
             raise UnknownTaskError(
                 f"{self._name} has no recording for task {prompt.request_id!r}: {why}"
             )
-        # Recordings hold programs only: tests and classifications have none to give.
-        return [self._solutions[prompt.request_id]] if prompt.purpose == "solutions" else []
+        if prompt.purpose == "classification":
+            label = self._labels.get(prompt.request_id)
+            return [label] if label is not None else []
+        # Recordings hold programs and labels: tests they have none to give.
+        solution = self._solutions.get(prompt.request_id)
+        return [solution] if prompt.purpose == "solutions" and solution is not None else []
 
     def _recorded_usage(self, prompt: Prompt) -> tuple[int, int] | None:
         return self._usage.get(prompt.request_id) if prompt.purpose == "solutions" else None

@@ -11,13 +11,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from streamcascade.backends.base import Backend, Completion, GenerationParams, Prompt
+from streamcascade.backends.base import (
+    Backend,
+    Completion,
+    GenerationParams,
+    LearnsFromAnswers,
+    Prompt,
+)
 from streamcascade.config import LevelConfig
 from streamcascade.learning.budget import Arm, Shape
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
 from streamcascade.selfcheck import pool_tests, select
-from streamcascade.tasks import LevelOutcome, TestedKind, task_kind
+from streamcascade.tasks import Answer, LevelOutcome, TestedKind, task_kind
 from streamcascade.tasks.function import KIND as FUNCTION
 
 __all__ = ["Level", "LevelOutcome"]
@@ -97,6 +103,24 @@ class Level:
             done = task_kind(name).step(self, [requests[i] for i in indices])
             outcomes.update(zip(indices, done, strict=True))
         return [outcomes[i] for i in range(len(requests))]
+
+    @property
+    def learns(self) -> bool:
+        """Whether its backend learns from the answers of the levels above it."""
+        return self.config.backend.learns_online()
+
+    def learn(self, requests: Sequence[CodeRequest], answers: Sequence[Answer]) -> None:
+        """Show a backend that learns online what a more capable level answered
+        (imitation); what it is shown is each request's kind's (`teaching`)."""
+        if not self.learns or not isinstance(self.backend, LearnsFromAnswers):
+            return
+        shown = [
+            taught
+            for request, answer in zip(requests, answers, strict=True)
+            if (taught := task_kind(request.kind).teaching(request, answer)) is not None
+        ]
+        if shown:
+            self.backend.learn([prompt for prompt, _ in shown], [text for _, text in shown])
 
     # -- function requests with exemplars or budget arms (the Hedge driver) ----------
 
@@ -363,6 +387,11 @@ class Level:
             label_or_none = label
             score = counts[label] / len(votes)
             best_index = parsed.index(label)
+            # A model that says how often it is right when this sure (a
+            # classifier) weighs its votes by it; an LLM's vote is its share.
+            sure = [v.confidence for v, p in zip(votes, parsed, strict=True) if p == label]
+            if all(c is not None for c in sure):
+                score *= sum(c for c in sure if c is not None) / len(sure)
         tokens_in = sum(v.tokens_in for v in votes)
         tokens_out = sum(v.tokens_out for v in votes)
         attempt = Attempt(

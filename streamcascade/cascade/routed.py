@@ -25,7 +25,7 @@ from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.learning.routing import CascadePolicy, FixedCascadePolicy, RouteState
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, LevelFailure
-from streamcascade.tasks import check_request
+from streamcascade.tasks import Answer, check_request
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class RoutedCascadeEngine:
         )
         self.fallback = fallback
         self.deadline_s = deadline_s
+        self._learning = [p for p, level in enumerate(self.levels[:-1]) if level.learns]
+        """Positions of levels below the top whose backends learn from its answers."""
 
     @property
     def learner(self) -> OnlineLearner | None:
@@ -128,7 +130,30 @@ class RoutedCascadeEngine:
                 break
             self._steps(placed)
             mu, costs = self.driver.weights(len(self.levels))
-        return [self._finish(flight) for flight in flights]
+        results = [self._finish(flight) for flight in flights]
+        if self._learning:
+            self._teach(flights)
+        return results
+
+    def _teach(self, flights: Sequence[_Flight]) -> None:
+        """The top's answers are what the levels that learn online imitate: each
+        such level is shown, in one call, every request of the batch the top
+        answered (whether or not the level itself ran on it)."""
+        taught = [
+            (flight.request, Answer(outcome.code, outcome.label))
+            for flight in flights
+            if flight.error is None and (outcome := flight.outcomes.get(self.top)) is not None
+        ]
+        if not taught:
+            return
+        requests = [request for request, _ in taught]
+        answers = [answer for _, answer in taught]
+        for position in self._learning:
+            level = self.levels[position]
+            try:
+                level.learn(requests, answers)
+            except Exception:  # learning must never cost a batch its answers
+                log.exception("level %s could not learn from the top's answers", level.name)
 
     # -- one request's way up ---------------------------------------------------------
 

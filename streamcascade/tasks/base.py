@@ -123,6 +123,12 @@ class TaskKind(Protocol):
         """Whether the request carries a hidden reference to grade by."""
         ...
 
+    def teaching(self, request: CodeRequest, answer: Answer) -> tuple[Prompt, str] | None:
+        """What a level that learns online is shown when a more capable level
+        answered `answer`: the prompt it would have been asked and the text it
+        should have given (None: this kind teaches nothing)."""
+        ...
+
     def grade(self, sandbox: Sandbox, request: CodeRequest, answer: Answer) -> bool | None:
         """Whether the answer is right by the hidden reference (None: no reference)."""
         ...

@@ -91,6 +91,9 @@ class FunctionKind:
         calls = probe_calls([*self.visible_tests(request), *tests], request.entry_point, max_probes)
         return agreement(sandbox, high.code, low.code, calls)
 
+    def teaching(self, request: CodeRequest, answer: Answer) -> tuple[Prompt, str] | None:
+        return None  # no level learns to write programs online (yet): it would fine-tune
+
     def has_reference(self, request: CodeRequest) -> bool:
         return request.reference_tests is not None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from streamcascade.backends.base import Prompt
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
 from streamcascade.tasks import prompts
@@ -47,6 +48,12 @@ class LabelKind:
 
     def has_reference(self, request: CodeRequest) -> bool:
         return request.reference_label is not None
+
+    def teaching(self, request: CodeRequest, answer: Answer) -> tuple[Prompt, str] | None:
+        """The prompt a level votes on, and the label it should have voted."""
+        if answer.label is None:
+            return None
+        return prompts.classification_prompt(request), answer.label
 
     def grade(self, sandbox: Sandbox, request: CodeRequest, answer: Answer) -> bool | None:
         if request.reference_label is None:

@@ -166,6 +166,9 @@ class ProgramKind:
             for i in informative
         )
 
+    def teaching(self, request: CodeRequest, answer: Answer) -> tuple[Prompt, str] | None:
+        return None  # no level learns to write programs online (yet): it would fine-tune
+
     def has_reference(self, request: CodeRequest) -> bool:
         return bool(request.reference_examples)
 

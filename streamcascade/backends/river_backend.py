@@ -1,0 +1,122 @@
+"""The `river` backend kind: the cascade's cheap learner as a level.
+
+An online classifier (`OnlineLabeler`: one-vs-rest river logistic
+regressions over the words and files of the prompt) that answers label
+prompts at next to no cost, with the precision its earlier predictions had
+at that confidence, and learns from the answers of the levels above it
+(imitation). It writes no code: to a prompt for solutions or tests it gives
+empty completions, so a code request simply goes up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from streamcascade.backends.base import (
+    Backend,
+    BackendSettings,
+    Completion,
+    GenerationParams,
+    Prompt,
+)
+from streamcascade.backends.registry import BuildContext
+from streamcascade.backends.text_labels import OnlineLabeler
+
+
+class RiverBackendConfig(BackendSettings):
+    """An online label classifier that learns from the levels above it."""
+
+    kind: Literal["river"] = "river"
+    name: str = Field(default="river-labels", description="Model name to report.")
+    learning_rate: float = Field(default=0.01, gt=0.0, description="Each label model's SGD step.")
+    window: int = Field(
+        default=2000, ge=10, description="Predictions its confidence is measured on (the latest)."
+    )
+    min_support: int = Field(
+        default=30, ge=1, description="No confidence above 0 until this many predictions are known."
+    )
+
+    def may_hang(self) -> bool:
+        return False  # arithmetic in memory
+
+    def learns_online(self) -> bool:
+        return True
+
+
+class RiverPlugin:
+    """Entry point `river`."""
+
+    config_model = RiverBackendConfig
+
+    def build(self, config: RiverBackendConfig, context: BuildContext) -> Backend:
+        return RiverLabelBackend(config)
+
+
+PLUGIN = RiverPlugin()
+
+
+def _text(prompt: Prompt) -> str:
+    """What the classifier reads: the user's messages (the system prompt is the
+    same for every request)."""
+    return "\n".join(m.content for m in prompt.messages if m.role == "user")
+
+
+class RiverLabelBackend:
+    """`generate` answers classification prompts with the likeliest label and
+    its `confidence`; `learn` takes the labels a more capable level gave.
+
+    Examples
+    --------
+    >>> from streamcascade.backends.base import ChatMessage
+    >>> backend = RiverLabelBackend(RiverBackendConfig(min_support=1))
+    >>> def ask(diff):
+    ...     return Prompt("r", "classification", (ChatMessage("user", diff),))
+    >>> backend.generate([ask("+++ b/README.md\\n+Explain")], GenerationParams())[0][0].text
+    ''
+    >>> for _ in range(20):
+    ...     backend.learn([ask("+++ b/README.md\\n+Explain it"), ask("+++ b/x.ts\\n-a\\n+b")],
+    ...                   ["docs", "fix"])
+    >>> answer = backend.generate([ask("+++ b/guide.md\\n+Explain")], GenerationParams())[0][0]
+    >>> answer.text, answer.confidence is not None, answer.tokens_in
+    ('docs', True, 0)
+    """
+
+    def __init__(self, config: RiverBackendConfig) -> None:
+        self.config = config
+        self.labeler = OnlineLabeler(config.learning_rate, config.window, config.min_support)
+        # Levels step on their own threads; learning happens when a batch ends.
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.config.name
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
+        results: list[list[Completion]] = []
+        for prompt in prompts:
+            started = time.perf_counter()
+            label: str | None = None
+            confidence = 0.0
+            if prompt.purpose == "classification":
+                with self._lock:
+                    label, confidence = self.labeler.predict_one(_text(prompt))
+            seconds = time.perf_counter() - started
+            completion = Completion(
+                text=label or "",
+                tokens_in=0,  # no tokens are bought: its cost is the level's price of 0
+                tokens_out=0,
+                seconds=seconds,
+                confidence=confidence if label is not None else None,
+            )
+            results.append([completion] * params.n)  # deterministic: every sample agrees
+        return results
+
+    def learn(self, prompts: list[Prompt], answers: list[str]) -> None:
+        with self._lock:
+            for prompt, answer in zip(prompts, answers, strict=True):
+                if prompt.purpose == "classification" and answer:
+                    self.labeler.learn_one(_text(prompt), answer)
