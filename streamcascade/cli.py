@@ -190,6 +190,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     grader_config = SandboxConfig(per_test_timeout_s=10.0)
     if args.labels:
         return _bench_labels(args, out_dir)
+    if args.adapt:
+        return _bench_adapt(args, out_dir, grader_config)
     if args.learn:
         return _bench_learn(args, out_dir, grader_config)
     if args.budget:
@@ -295,6 +297,34 @@ def _bench_labels(args: argparse.Namespace, out_dir: Path) -> int:
     png = out_dir / "labels-share.png"
     plot_share(report, png)
     print(f"wrote {_bench_outputs(out_dir, 'labels', report.as_dict())} and {png}")
+    return 0
+
+
+def _bench_adapt(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
+    from streamcascade.benchtools.adaptbench import SCENARIOS, adapt_bench
+    from streamcascade.benchtools.learnbench import LadderWorld
+    from streamcascade.config import SandboxConfig
+    from streamcascade.sandbox import Sandbox
+
+    if not args.ladder:
+        raise UsageError("--adapt needs --ladder DIR and --models (the scenarios replay a ladder)")
+    unknown = [name for name in args.scenario or [] if name not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"--scenario {unknown[0]}: one of {', '.join(SCENARIOS)}")
+    config, requests = _ladder(args, out_dir)
+    learning = load_config(Path(args.config)).learning if args.config else None
+    probe_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+    with Sandbox(probe_config) as sandbox, Sandbox(grader_config) as grader:
+        world = LadderWorld(
+            config, requests, sandbox, grader,
+            lambda items, label: _progress(items, label, not args.no_progress),
+        )  # fmt: skip
+        text, payload = adapt_bench(
+            world, args.scenario or SCENARIOS, n_orders=args.orders,
+            top_calls=1.0 / args.weight, learning=learning,
+        )  # fmt: skip
+    print(text)
+    print(f"wrote {_bench_outputs(out_dir, 'adapt', payload)}")
     return 0
 
 
@@ -755,6 +785,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--ladder; with and without the exemplar memory on the configured models"
     )
     bench.add_argument("--learn", action="store_true", help=learn_help)
+    adapt_help = "with --ladder: the learned router against itself frozen, a fresh router, "
+    adapt_help += "the fixed cascade and the best rule, phase by phase, when the world changes"
+    bench.add_argument("--adapt", action="store_true", help=adapt_help)
+    bench.add_argument(
+        "--scenario", action="append",
+        help="--adapt: swap, degrade, join, outage, price, mix, self-tests, poison (repeatable; "
+        "default all)",
+    )  # fmt: skip
     labels_help = "a label stream (JSONL of label requests with reference_label, in order) "
     labels_help += "through the cheap learner (river) below its own labels replayed as the top"
     bench.add_argument("--labels", metavar="FILE", help=labels_help)
@@ -766,7 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", action="store_true", help=budget_help)
     service_help = "--budget: only the in-service run (budget arms inside OnlineCascadeEngine)"
     bench.add_argument("--service-only", action="store_true", help=service_help)
-    bench.add_argument("--orders", type=int, default=5, help="--learn: random stream orders")
+    bench.add_argument(
+        "--orders", type=int, default=5, help="--learn, --adapt: random stream orders"
+    )
     weight_help = "--learn: mu, as the wrong answers one top-level call is worth (1 / the "
     weight_help += "top calls one wrong answer is worth)"
     bench.add_argument("--weight", type=float, default=0.3, help=weight_help)
