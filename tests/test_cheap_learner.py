@@ -214,3 +214,28 @@ def test_bench_labels_prints_the_table_and_writes_json_and_a_plot(
                           .model_dump_json() + "\n")  # fmt: skip
     assert main(["bench", "--labels", str(not_labels), "--out-dir", str(out)]) != 0
     assert "not label requests" in capsys.readouterr().err
+
+
+def test_what_it_learned_survives_a_restart_and_a_bad_file_only_costs_the_learning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state" / "river.json"
+    config = RiverBackendConfig(min_support=5, state_path=state, save_every=50)
+    ask = [Prompt(r.id, "classification", (ChatMessage("user", r.prompt),)) for r in _stream(120)]
+    labels = [r.reference_label or "" for r in _stream(120)]
+    first = RiverLabelBackend(config)
+    first.learn(ask[:40], labels[:40])
+    assert not state.exists()  # fewer than save_every labels: nothing written yet
+    first.learn(ask[40:], labels[40:])
+    assert state.exists() and not state.with_name("river.json.tmp").exists()
+    again = RiverLabelBackend(config)
+    assert again.labeler.n_learned == 120
+
+    def said(backend: RiverLabelBackend) -> list[tuple[str, float | None]]:
+        answers = backend.generate(ask[:10], GenerationParams())
+        return [(c.text, c.confidence) for [c] in answers]
+
+    assert said(again) == said(first) and any(text for text, _ in said(first))
+    state.write_text("{not json")
+    fresh = RiverLabelBackend(config)
+    assert fresh.labeler.n_learned == 0 and "starting afresh" in caplog.text

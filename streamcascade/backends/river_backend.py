@@ -10,8 +10,12 @@ empty completions, so a code request simply goes up.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -26,6 +30,8 @@ from streamcascade.backends.base import (
 from streamcascade.backends.registry import BuildContext
 from streamcascade.backends.text_labels import OnlineLabeler
 
+log = logging.getLogger(__name__)
+
 
 class RiverBackendConfig(BackendSettings):
     """An online label classifier that learns from the levels above it."""
@@ -38,6 +44,14 @@ class RiverBackendConfig(BackendSettings):
     )
     min_support: int = Field(
         default=30, ge=1, description="No confidence above 0 until this many predictions are known."
+    )
+    state_path: Path | None = Field(
+        default=None,
+        description="A JSON file it starts from, when there, and writes what it learned to "
+        "(every `save_every` labels, atomically): a restart then keeps what it learned.",
+    )
+    save_every: int = Field(
+        default=500, ge=1, description="Labels learned between two saves (one is 0.4 s at 7.6 MB)."
     )
 
     def may_hang(self) -> bool:
@@ -88,6 +102,17 @@ class RiverLabelBackend:
     def __init__(self, config: RiverBackendConfig) -> None:
         self.config = config
         self.labeler = OnlineLabeler(config.learning_rate, config.window, config.min_support)
+        path = config.state_path
+        if path is not None and path.exists():
+            try:
+                self.labeler = OnlineLabeler.from_state_dict(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                # What it learned is lost, not the service: it starts afresh and
+                # defers everything until it has learned again.
+                log.error("river: cannot read its state from %s (%s): starting afresh", path, error)
+            else:
+                log.info("river: %d labels learned, from %s", self.labeler.n_learned, path)
+        self._unsaved = 0
         # Levels step on their own threads; learning happens when a batch ends.
         self._lock = threading.Lock()
 
@@ -120,3 +145,18 @@ class RiverLabelBackend:
             for prompt, answer in zip(prompts, answers, strict=True):
                 if prompt.purpose == "classification" and answer:
                     self.labeler.learn_one(_text(prompt), answer)
+                    self._unsaved += 1
+            if self.config.state_path is not None and self._unsaved >= self.config.save_every:
+                self.save()
+
+    def save(self) -> None:
+        """Write what it learned to `state_path` (a temporary file renamed over
+        it, so a crash mid-write leaves the previous state whole)."""
+        path = self.config.state_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".tmp")
+        staging.write_text(json.dumps(self.labeler.state_dict()))
+        os.replace(staging, path)
+        self._unsaved = 0
