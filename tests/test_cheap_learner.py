@@ -21,7 +21,7 @@ from streamcascade.cascade import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LevelConfig
 from streamcascade.sandbox import Sandbox
-from streamcascade.schemas import CodeRequest
+from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 
 LABELS = ["fix", "docs", "test"]
 
@@ -239,3 +239,44 @@ def test_what_it_learned_survives_a_restart_and_a_bad_file_only_costs_the_learni
     state.write_text("{not json")
     fresh = RiverLabelBackend(config)
     assert fresh.labeler.n_learned == 0 and "starting afresh" in caplog.text
+
+
+def test_feedback_on_its_own_answers_teaches_the_cheap_level(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    requests = _stream(400)
+    levels = _levels(sandbox, _write(requests, tmp_path / "s.jsonl"))
+    engine = RoutedCascadeEngine(levels)
+    answers = []
+    for start in range(0, len(requests), 8):
+        answers.extend(engine.process_many(requests[start : start + 8]))
+    river = levels[0].backend.backend()  # type: ignore[attr-defined]
+    own = [a for a in answers if isinstance(a, CascadeAnswer) and a.level == 1]
+    top = [a for a in answers if isinstance(a, CascadeAnswer) and a.level == 2]
+    assert own and top
+    n_learned, n_calibrated = river.labeler.n_learned, len(river.labeler.calibration._recent)
+    assert engine.learn_one(Feedback(id=own[-1].id, passed=True))  # a label like the top's
+    assert river.labeler.n_learned == n_learned + 1
+    assert engine.learn_one(Feedback(id=own[-2].id, passed=False))  # wrong, this sure
+    assert len(river.labeler.calibration._recent) == n_calibrated + 2
+    # Feedback on the top's answer, or on one already taught, is not the cheap level's.
+    assert not engine.learn_one(Feedback(id=top[-1].id, passed=False))
+    assert not engine.learn_one(Feedback(id=own[-1].id, passed=False))
+    assert river.labeler.n_learned == n_learned + 1
+
+
+def test_the_inbox_hands_feedback_to_the_engine_even_when_no_policy_learns() -> None:
+    from streamcascade.config import KafkaConfig
+    from streamcascade.service.inbox import Inbox
+    from streamcascade.service.stats import ServiceStats
+
+    heard: list[Feedback] = []
+
+    def engine_learns(feedback: Feedback) -> bool:
+        heard.append(feedback)
+        return True
+
+    inbox = Inbox(KafkaConfig(), "i", "s", None, ServiceStats(), None,  # type: ignore[arg-type]
+                  lambda work: work(), lambda *a: None, None, engine_learns)  # type: ignore[arg-type,return-value]  # fmt: skip
+    assert inbox._apply([Feedback(id="a", passed=True)], [{"ignored": "no learner"}]) == (1, 0)
+    assert [f.id for f in heard] == ["a"]

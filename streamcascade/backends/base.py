@@ -98,6 +98,10 @@ class LearnsFromAnswers(Protocol):
         """Learn that each prompt's right answer is the text beside it."""
         ...
 
+    def learn_outcomes(self, prompts: list[Prompt], answers: list[str], right: list[bool]) -> None:
+        """Learn whether each answer it gave was right (downstream Feedback)."""
+        ...
+
 
 class BackendSettings(BaseModel):
     """The config of one backend kind. Each kind (an entry point in the group

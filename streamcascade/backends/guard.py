@@ -213,6 +213,13 @@ class GuardedBackend:
         if isinstance(backend, LearnsFromAnswers):
             backend.learn(prompts, answers)
 
+    def learn_outcomes(self, prompts: list[Prompt], answers: list[str], right: list[bool]) -> None:
+        if not self.learns_online:
+            return
+        backend = self.backend()
+        if isinstance(backend, LearnsFromAnswers):
+            backend.learn_outcomes(prompts, answers, right)
+
     def _guarded(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
         if not self.breaker.allow():
             raise BackendUnavailable(f"{self._name}: circuit breaker open")

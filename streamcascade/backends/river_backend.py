@@ -146,8 +146,26 @@ class RiverLabelBackend:
                 if prompt.purpose == "classification" and answer:
                     self.labeler.learn_one(_text(prompt), answer)
                     self._unsaved += 1
-            if self.config.state_path is not None and self._unsaved >= self.config.save_every:
-                self.save()
+            self._maybe_save()
+
+    def learn_outcomes(self, prompts: list[Prompt], answers: list[str], right: list[bool]) -> None:
+        """A right answer is a label like the top's; a wrong one teaches that it
+        was not this label, and that it was wrong this sure. Feedback on what it
+        answered is the only label it gets there: the top never ran."""
+        with self._lock:
+            for prompt, answer, was_right in zip(prompts, answers, right, strict=True):
+                if prompt.purpose != "classification" or not answer:
+                    continue
+                if was_right:
+                    self.labeler.learn_one(_text(prompt), answer)
+                else:
+                    self.labeler.learn_wrong(_text(prompt), answer)
+                self._unsaved += 1
+            self._maybe_save()
+
+    def _maybe_save(self) -> None:
+        if self.config.state_path is not None and self._unsaved >= self.config.save_every:
+            self.save()
 
     def save(self) -> None:
         """Write what it learned to `state_path` (a temporary file renamed over

@@ -210,6 +210,17 @@ class OnlineLabeler:
             model.learn_one(features, name == label)
         self.n_learned += 1
 
+    def learn_wrong(self, text: str, label: str) -> None:
+        """`label` was the wrong answer for `text` (the right one unknown): its
+        model learns a negative, and the calibration that its guess, if it was
+        this label, was wrong."""
+        features = self.featurizer.transform_one(text)
+        proba = self.predict_proba_features(features)
+        if proba and max(proba, key=lambda name: proba[name]) == label:
+            self.calibration.learn_one(proba[label], False)
+        if label in self.per_label:
+            self.per_label[label].learn_one(features, False)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON: weights by feature name, per label, and the recent predictions."""
         return {

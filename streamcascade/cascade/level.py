@@ -122,6 +122,14 @@ class Level:
         if shown:
             self.backend.learn([prompt for prompt, _ in shown], [text for _, text in shown])
 
+    def learn_outcome(self, request: CodeRequest, answer: Answer, right: bool) -> None:
+        """Show a backend that learns online whether an answer it gave was right."""
+        if not self.learns or not isinstance(self.backend, LearnsFromAnswers):
+            return
+        taught = task_kind(request.kind).teaching(request, answer)
+        if taught is not None:
+            self.backend.learn_outcomes([taught[0]], [taught[1]], [right])
+
     # -- function requests with exemplars or budget arms (the Hedge driver) ----------
 
     def attempt(

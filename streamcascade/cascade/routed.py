@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 _FALLBACK = -1
 """The position of the fallback level, which answers when the top cannot."""
+ANSWERS_KEPT_FOR_FEEDBACK = 10_000
+"""Answers of levels that learn online, kept for Feedback that may come later
+(the oldest go first; Feedback on one no longer kept teaches the policy only)."""
 
 
 @dataclass
@@ -88,6 +92,8 @@ class RoutedCascadeEngine:
         self.deadline_s = deadline_s
         self._learning = [p for p, level in enumerate(self.levels[:-1]) if level.learns]
         """Positions of levels below the top whose backends learn from its answers."""
+        self._answered: OrderedDict[str, tuple[int, CodeRequest, Answer]] = OrderedDict()
+        """The latest answers of those levels, by request id, for Feedback on them."""
 
     @property
     def learner(self) -> OnlineLearner | None:
@@ -133,7 +139,22 @@ class RoutedCascadeEngine:
         results = [self._finish(flight) for flight in flights]
         if self._learning:
             self._teach(flights)
+            self._remember(flights, results)
         return results
+
+    def _remember(self, flights: Sequence[_Flight], results: Sequence[object]) -> None:
+        positions = {self.levels[p].index: p for p in self._learning}
+        for flight, result in zip(flights, results, strict=True):
+            if isinstance(result, CascadeAnswer) and result.level in positions:
+                answer = Answer(result.code, result.label)
+                self._answered[flight.request.id] = (
+                    positions[result.level],
+                    flight.request,
+                    answer,
+                )
+                self._answered.move_to_end(flight.request.id)
+        while len(self._answered) > ANSWERS_KEPT_FOR_FEEDBACK:
+            self._answered.popitem(last=False)
 
     def _teach(self, flights: Sequence[_Flight]) -> None:
         """The top's answers are what the levels that learn online imitate: each
@@ -294,4 +315,19 @@ class RoutedCascadeEngine:
         )
 
     def learn_one(self, feedback: Feedback) -> bool:
-        return self.driver.learn_one(feedback)
+        """The policy learns from the Feedback, and so does a level that learns
+        online when the answer was its own."""
+        learned = self.driver.learn_one(feedback)
+        remembered = self._answered.pop(feedback.id, None)
+        if remembered is None:
+            return learned
+        position, request, answer = remembered
+        level = self.levels[position]
+        if feedback.level is not None and feedback.level != level.index:
+            return learned
+        try:
+            level.learn_outcome(request, answer, feedback.passed)
+        except Exception:  # learning must never cost the service
+            log.exception("level %s could not learn from Feedback on %s", level.name, feedback.id)
+            return learned
+        return True

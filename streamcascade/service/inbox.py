@@ -47,11 +47,16 @@ class Inbox:
         on_worker: Callable[[Callable[[], Any]], Any],
         dead_letter: Callable[[Any, str, str], Output],
         link: BrokerLink | None = None,
+        learn_feedback: Callable[[Feedback], bool] | None = None,
     ) -> None:
+        """`learn_feedback`: who learns from a Feedback record (the engine: its
+        policy, and a level that learns online when the answer was its own);
+        default the learner."""
         self.config = config
         self.instance_id = instance_id
         self.session = session
         self.learner = learner
+        self.learn_feedback = learn_feedback or (learner.learn_one if learner is not None else None)
         self.stats = stats
         self.delivery = delivery
         self._on_worker = on_worker
@@ -120,7 +125,7 @@ class Inbox:
                 else:
                     feedback.append(parsed)
         changes = 0
-        if self.learner is not None and (feedback or events):
+        if (feedback and self.learn_feedback is not None) or (events and self.learner is not None):
             learned, applied = self._on_worker(lambda: self._apply(feedback, events))
             self.stats.n_feedback_learned += learned
             self.stats.n_events_in += applied
@@ -144,15 +149,16 @@ class Inbox:
 
     def _apply(self, feedback: list[Feedback], events: list[dict[str, Any]]) -> tuple[int, int]:
         learner = self.learner
-        assert learner is not None
         applied = 0
-        for event in events:
-            try:
-                learner.apply_event(event)
-                applied += 1
-            except (KeyError, TypeError, ValueError) as error:
-                log.warning("a learning event could not be applied: %r", error)
-        return sum(learner.learn_one(f) for f in feedback), applied
+        if learner is not None:
+            for event in events:
+                try:
+                    learner.apply_event(event)
+                    applied += 1
+                except (KeyError, TypeError, ValueError) as error:
+                    log.warning("a learning event could not be applied: %r", error)
+        learn = self.learn_feedback
+        return sum(learn(f) for f in feedback) if learn is not None else 0, applied
 
     def drain(self, timeout_s: float = 10.0) -> tuple[dict[str, int], int]:
         """Learn from everything up to the inbox's current end: the positions

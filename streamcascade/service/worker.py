@@ -45,14 +45,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kafka import ConsumerRebalanceListener
 
 from streamcascade.config import KafkaConfig
 from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.snapshots import SnapshotMismatch
-from streamcascade.schemas import CascadeAnswer, CodeRequest
+from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback
 from streamcascade.service.codec import Rejected, parse_request
 from streamcascade.service.delivery import DELIVERIES, BatchFailed, Delivery, Output, dead_letter
 from streamcascade.service.inbox import Inbox
@@ -89,6 +89,14 @@ __all__ = [
 
 class Engine(Protocol):
     def process_many(self, requests: Sequence[CodeRequest]) -> list[CascadeAnswer | Exception]: ...
+
+
+@runtime_checkable
+class LearnsFeedback(Protocol):
+    """An engine that learns from Feedback itself (its policy, and its levels
+    that learn online); for one that does not, the learner does."""
+
+    def learn_one(self, feedback: Feedback) -> bool: ...
 
 
 def _reason(error: BaseException) -> str:
@@ -247,6 +255,7 @@ class CascadeService:
         self.inbox = Inbox(
             config, self.instance_id, self._session, learner, self.stats, self.delivery,
             lambda work: self._worker.submit(work).result(), self._dead_letter, self.link,
+            engine.learn_one if isinstance(engine, LearnsFeedback) else None,
         )  # fmt: skip
 
     @property
