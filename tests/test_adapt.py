@@ -75,3 +75,24 @@ def test_bench_adapt_says_what_it_needs(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
                  "--scenario", "earthquake"]) != 0  # fmt: skip
     assert "--scenario earthquake: one of swap" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_the_mbpp_ladder_learning_pays_when_prices_move(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The scenario where learning earns its place today: the top 4x cheaper and
+    the cheapest level 4x dearer; the frozen prior keeps paying the cheapest."""
+    spec = Path(__file__).resolve().parents[1] / "configs" / "ladders" / "mbpp.yaml"
+    out = tmp_path / "out"
+    code = main(["bench", "--adapt", "--ladder", str(shared_data / "mbpp-ladder-dev"), "--models",
+                 str(spec), "--scenario", "price", "--orders", "2", "--out-dir", str(out),
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    print(capsys.readouterr().out)
+    [price] = json.loads((out / "adapt.json").read_text())["scenarios"]
+    rows = {row["name"]: row for row in price["phases"][1]["rows"]}
+    learned, frozen = rows["learned router"], rows["frozen prior (no learning)"]
+    best = rows["best pass/fail rule of the phase"]
+    assert learned["loss_tail"] < 0.6 * frozen["loss_tail"]
+    assert learned["loss_tail"] <= 1.05 * best["loss_tail"]
