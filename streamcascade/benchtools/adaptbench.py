@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamcascade.backends import BackendError
-from streamcascade.benchtools.learnbench import LadderWorld, orders
+from streamcascade.benchtools.learnbench import LadderWorld, SwitchLevel, orders
 from streamcascade.benchtools.routebench import (
     PriorOnly,
     Rule,
@@ -106,8 +106,6 @@ def _view(world: LadderWorld, position: int, level: Level, correct: dict[str, bo
 
 def swapped(world: LadderWorld, position: int, replacement: int) -> LadderWorld:
     """Level `position` serves level `replacement`'s answers at its own prices."""
-    from streamcascade.benchtools.learnbench import SwitchLevel
-
     switch = SwitchLevel(world.levels[position], world.levels[replacement], switched=True)
     cost = {r.id: switch.step([r])[0].attempt.cost_usd for r in world.requests}
     return _view(world, position, switch, dict(world.correct[replacement]),

@@ -17,7 +17,7 @@ the top, and its cost against always-top.
 from __future__ import annotations
 
 import json
-import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,6 @@ from streamcascade.cascade.build import build_engine
 from streamcascade.config import AppConfig, LearningConfig, LevelConfig, SandboxConfig
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
-
-log = logging.getLogger(__name__)
 
 TOP_PRICE_USD_PER_1M = (10.0, 30.0)
 """GPT-4 Turbo's list price (input, output), the top of the HumanEval ladder."""
@@ -183,8 +181,6 @@ def label_stream_bench(
     """The cascade on the stream in its order, batch by batch (the cheap
     learner learns from each batch's top labels before the next batch), and
     the top alone on the same stream for the cost it would have had."""
-    import time
-
     requests = read_label_stream(path, limit)
     config = label_config(path, threshold)
     started = time.perf_counter()
