@@ -66,6 +66,12 @@ def test_bench_adapt_runs_every_scenario_phase_by_phase(
     degrade = by_name["degrade"]["phases"]
     assert degrade[1]["rows"][-1]["pass_at_1"] <= degrade[0]["rows"][-1]["pass_at_1"]
     assert "learned, honest Feedback" in {r["name"] for r in by_name["poison"]["phases"][0]["rows"]}
+    # Under a price change the router also runs with each budget, set from phase 1.
+    for phase in by_name["price"]["phases"]:
+        names = [row["name"] for row in phase["rows"]]
+        assert any(n.startswith("learned, budget_top_share") for n in names)
+        assert any(n.startswith("learned, budget_usd_per_request") for n in names)
+        assert all(0.0 <= row["top_share"] <= 1.0 for row in phase["rows"])
 
 
 def test_bench_adapt_says_what_it_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

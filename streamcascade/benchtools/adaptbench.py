@@ -135,6 +135,8 @@ class Scenario:
     phases: list[LadderWorld]
     feedback_share: float = 0.0
     lying_share: float = 0.0
+    budgets: bool = False
+    """Also run the router under each kind of budget, set from the first phase."""
 
 
 @dataclass
@@ -158,7 +160,7 @@ def scenario(name: str, world: LadderWorld) -> Scenario | Skipped:
                         [world, swapped(world, n - 1, n - 2)])  # fmt: skip
     if name == "price":
         return Scenario(name, f"{names[-1]} 4x cheaper, {names[0]} 4x dearer",
-                        [world, priced(world, {n - 1: 0.25, 0: 4.0})])  # fmt: skip
+                        [world, priced(world, {n - 1: 0.25, 0: 4.0})], budgets=True)  # fmt: skip
     if name == "outage":
         position = max(n - 2, 0)
         return Scenario(name, f"{names[position]} down for a phase, then back",
@@ -182,6 +184,8 @@ class PhaseRun:
     right: list[bool] = field(default_factory=list)
     cost_usd: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    top: list[bool] = field(default_factory=list)
+    """Whether the top level ran (what `budget_top_share` counts)."""
 
 
 def _mu(world: LadderWorld, top_calls: float) -> float:
@@ -217,6 +221,7 @@ def router_phases(
             run.right.append(right)
             run.cost_usd.append(answer.cost_usd)
             run.loss.append(float(not right) + mu * answer.cost_usd)
+            run.top.append(any(a.level == levels[-1].index for a in answer.attempts))
             if scenario.feedback_share and rng.random() < scenario.feedback_share:
                 lies = not honest and rng.random() < scenario.lying_share
                 waiting.append((index + 5, Feedback(id=request.id, passed=right != lies)))
@@ -234,6 +239,7 @@ def rule_run(rule: Rule, world: LadderWorld, stream: Sequence[CodeRequest], mu: 
         run.right.append(outcome.right)
         run.cost_usd.append(outcome.cost_usd)
         run.loss.append(float(not outcome.right) + mu * outcome.cost_usd)
+        run.top.append(outcome.reached_top)
     return run
 
 
@@ -251,6 +257,8 @@ def _row(name: str, runs: Sequence[PhaseRun], top_usd: float) -> dict[str, Any]:
         "cost_pct": statistics.mean(100 * sum(r.cost_usd) / top_usd for r in runs),
         "loss": statistics.mean(sum(r.loss) / len(r.loss) for r in runs),
         "loss_tail": statistics.mean(sum(r.loss[-TAIL:]) / len(r.loss[-TAIL:]) for r in runs),
+        "top_share": statistics.mean(sum(r.top) / len(r.top) for r in runs),
+        "usd_per_request": statistics.mean(sum(r.cost_usd) / len(r.cost_usd) for r in runs),
     }
 
 
@@ -277,6 +285,19 @@ def run_scenario(
         if scenario.lying_share
         else None
     )
+    budgeted: list[tuple[str, list[list[PhaseRun]]]] = []
+    if scenario.budgets:
+        # Budgets a user would set from what the router did before the change:
+        # its share reaching the top, and its spend per request, in phase 1.
+        share = statistics.mean(sum(r[0].top) / len(r[0].top) for r in learned)
+        spend = statistics.mean(sum(r[0].cost_usd) / len(r[0].cost_usd) for r in learned)
+        for name, update in ((f"learned, budget_top_share {100 * share:.1f} %",
+                              {"budget_top_share": share}),
+                             (f"learned, budget_usd_per_request {spend:.2e}",
+                              {"budget_usd_per_request": spend})):  # fmt: skip
+            config = learning.model_copy(update=update)
+            budgeted.append((name, [router_phases(scenario, config, s, top_calls, seed=o)
+                                    for o, s in enumerate(phase_streams)]))  # fmt: skip
     phases = []
     for p, world in enumerate(scenario.phases):
         mu = _mu(world, top_calls)
@@ -288,6 +309,7 @@ def run_scenario(
                 _row("frozen prior (no learning)", [r[p] for r in frozen], top_usd)]  # fmt: skip
         if honest is not None:
             rows.append(_row("learned, honest Feedback", [r[p] for r in honest], top_usd))
+        rows.extend(_row(name, [r[p] for r in runs], top_usd) for name, runs in budgeted)
         if p > 0:
             fresh_scenario = Scenario(scenario.name, scenario.what, [world])
             fresh = [router_phases(fresh_scenario, learning, [s], top_calls, seed=o)[0]
@@ -348,13 +370,14 @@ def adapt_bench(
         results.append(result)
         lines.append(f"\n{name}: {built.what}")
         lines.append(f"  {'phase / configuration':<40} {'pass@1 %':>9} {'cost %':>8} "
-                     f"{'loss':>7} {'tail loss':>10}")  # fmt: skip
+                     f"{'loss':>7} {'tail loss':>10} {'top %':>6} {'USD/request':>11}")  # fmt: skip
         for phase in result["phases"]:
             lines.append(f"  phase {phase['phase']}")
             for row in phase["rows"]:
                 lines.append(
                     f"    {row['name']:<38} {100 * row['pass_at_1']:>9.1f} {row['cost_pct']:>8.1f}"
                     f" {row['loss']:>7.3f} {row['loss_tail']:>10.3f}"
+                    f" {100 * row['top_share']:>6.1f} {row['usd_per_request']:>11.2e}"
                 )
             recovery = ", ".join("never" if r is None else str(r)
                                  for r in phase["recovery_requests"])  # fmt: skip

@@ -79,6 +79,7 @@ def all_rules(
 class RuleOutcome:
     right: bool
     cost_usd: float
+    reached_top: bool = False
 
 
 def play_rule(rule: Rule, world: LadderWorld, request: CodeRequest) -> RuleOutcome:
@@ -92,7 +93,7 @@ def play_rule(rule: Rule, world: LadderWorld, request: CodeRequest) -> RuleOutco
             passing.append(m)
         node = if_pass if passed else if_fail
     answer = max(passing) if passing else max(ran)
-    return RuleOutcome(world.correct[answer][request.id], cost)
+    return RuleOutcome(world.correct[answer][request.id], cost, len(world.levels) - 1 in ran)
 
 
 @dataclass
