@@ -214,6 +214,10 @@ def test_bench_labels_prints_the_table_and_writes_json_and_a_plot(
                           .model_dump_json() + "\n")  # fmt: skip
     assert main(["bench", "--labels", str(not_labels), "--out-dir", str(out)]) != 0
     assert "not label requests" in capsys.readouterr().err
+    not_json = tmp_path / "bad.jsonl"
+    not_json.write_text(_stream(1)[0].model_dump_json() + "\n{oops\n")
+    assert main(["bench", "--labels", str(not_json), "--out-dir", str(out)]) != 0
+    assert f"{not_json}:2: not a request" in capsys.readouterr().err
 
 
 def test_what_it_learned_survives_a_restart_and_a_bad_file_only_costs_the_learning(

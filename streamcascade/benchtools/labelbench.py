@@ -141,8 +141,16 @@ def label_config(path: Path, threshold: float, learn: bool = False) -> AppConfig
 
 
 def read_label_stream(path: Path, limit: int | None = None) -> list[CodeRequest]:
+    requests = []
     with path.open(encoding="utf-8") as handle:
-        requests = [CodeRequest.model_validate(json.loads(line)) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                requests.append(CodeRequest.model_validate(json.loads(line)))
+            except ValueError as error:  # JSON and pydantic errors alike
+                first = str(error).splitlines()[0]
+                raise ValueError(f"{path}:{number}: not a request ({first})") from None
     missing = [r.id for r in requests if r.kind != "label" or r.reference_label is None]
     if missing:
         raise ValueError(
