@@ -31,13 +31,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamcascade.backends import BackendError
-from streamcascade.benchtools.learnbench import LadderWorld, SwitchLevel, orders
+from streamcascade.benchtools.learnbench import LadderWorld, orders
 from streamcascade.benchtools.routebench import (
     PriorOnly,
     Rule,
     all_rules,
     play_rule,
     recovery_requests,
+    swapped_world,
 )
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
@@ -104,14 +105,6 @@ def _view(world: LadderWorld, position: int, level: Level, correct: dict[str, bo
     return other
 
 
-def swapped(world: LadderWorld, position: int, replacement: int) -> LadderWorld:
-    """Level `position` serves level `replacement`'s answers at its own prices."""
-    switch = SwitchLevel(world.levels[position], world.levels[replacement], switched=True)
-    cost = {r.id: switch.step([r])[0].attempt.cost_usd for r in world.requests}
-    return _view(world, position, switch, dict(world.correct[replacement]),
-                 dict(world.passes[replacement]), cost)  # fmt: skip
-
-
 def priced(world: LadderWorld, factors: dict[int, float]) -> LadderWorld:
     for position, factor in factors.items():
         level = PricedLevel(world.levels[position], factor)
@@ -154,10 +147,10 @@ def scenario(name: str, world: LadderWorld) -> Scenario | Skipped:
             return Skipped(name, "needs three levels: one below the top to swap for the cheapest")
         position = n - 2
         return Scenario(name, f"{names[position]} serves {names[0]}'s answers at its own price",
-                        [world, swapped(world, position, 0)])  # fmt: skip
+                        [world, swapped_world(world, position, 0)])  # fmt: skip
     if name == "degrade":
         return Scenario(name, f"{names[-1]} serves {names[-2]}'s answers at its own price",
-                        [world, swapped(world, n - 1, n - 2)])  # fmt: skip
+                        [world, swapped_world(world, n - 1, n - 2)])  # fmt: skip
     if name == "price":
         return Scenario(name, f"{names[-1]} 4x cheaper, {names[0]} 4x dearer",
                         [world, priced(world, {n - 1: 0.25, 0: 4.0})], budgets=True)  # fmt: skip
