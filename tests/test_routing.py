@@ -343,3 +343,96 @@ def test_every_router_setting_of_the_config_reaches_the_router() -> None:
         0.1,
         0.5,
     )
+
+
+def _duplicated_ladder(router: CascadeRouter, n: int = 300) -> None:
+    """Level 1 serves level 0's answers (so it always agrees with them); the top
+    is always right."""
+    rng = random.Random(1)
+    for _ in range(n):
+        passes = rng.random() < 0.5
+        right = passes and rng.random() < 0.8
+        state = RouteState({})
+        state.add(Observation(0, True, float(passes), 1, 60, 0.01), {})
+        state.add(Observation(1, True, float(passes), 1, 60, 0.05), {0: True})
+        state.add(Observation(2, True, 1.0, 1, 60, 0.2), {0: right, 1: right})
+        router.observe(state, {0: right, 1: right})
+
+
+def test_a_model_that_only_repeats_one_that_ran_stops_being_worth_running() -> None:
+    from streamcascade.learning.routing import value_features
+
+    router = CascadeRouter(RouterSettings(n_levels=3, explore_floor=0.0, seed=0))
+    _duplicated_ladder(router)
+    nothing = RouteState({})
+    # Alone, level 1 is as good as level 0: running it first is worth as much.
+    alone = router.gain_of(1, value_features(nothing, [], 0.0))
+    assert alone == pytest.approx(router.gain_of(0, value_features(nothing, [], 0.0)), abs=0.05)
+    assert alone > 0.2
+    costs = [0.01, 0.05, 0.2]
+    for passes in (True, False):
+        ran = RouteState({})
+        ran.add(Observation(0, True, float(passes), 1, 60, 0.01), {})
+        x = value_features(ran, ran.ran, 0.0)
+        # Once level 0 ran, level 1 adds nothing, and the router is sure of it.
+        assert abs(router.gain_of(1, x)) < 0.05
+        # Level 0, run first, is as uncertain as a right-or-wrong answer is.
+        assert router.spread_of(1, x) < 0.02
+        assert router.spread_of(0, value_features(nothing, [], 0.0)) > 0.1
+        values = router.plan_values(ran, router.quality_of(ran, 0), 1.0, costs)
+        # Running it, then stopping or calling the top, is worth less than
+        # stopping or calling the top now.
+        assert values[(1,)] < max(values[()], values[(2,)])
+        assert router.decide(ran, 1.0, costs, explore=False) != 1
+
+
+def test_a_level_joins_below_the_top_and_the_rest_is_kept() -> None:
+    router = CascadeRouter(RouterSettings(n_levels=3, explore_floor=0.0, seed=0))
+    _duplicated_ladder(router, 100)
+    before = json.loads(json.dumps(router.state_dict()))
+    router.insert_level(1)
+    assert router.settings.n_levels == 4 and router.top == 3
+    after = router.state_dict()
+    # The old levels' estimators moved with them, their features renumbered.
+    assert after["quality"][0]["mean"]["o2.Pa"] == before["quality"][0]["mean"]["o1.Pa"]
+    assert after["quality"][3] == before["quality"][2] | {"mean": after["quality"][3]["mean"]}
+    assert after["gain"][2]["mean"]["o0.P"] == before["gain"][1]["mean"]["o0.P"]
+    assert after["spread"][2] == before["spread"][1] and after["spread_in"][1] == {}
+    # The newcomer knows nothing: its estimators are the priors.
+    assert after["quality"][1]["mean"] == {} and after["gain"][1]["mean"] == {}
+    state = RouteState({})
+    state.add(Observation(0, True, 1.0, 1, 60, 0.01), {})
+    values = router.plan_values(state, router.quality_of(state, 0), 1.0, [0.01, 0.02, 0.05, 0.2])
+    assert set(values) == {(), (1,), (2,), (3,)}
+    with pytest.raises(ValueError, match="below the top"):
+        router.insert_level(4)
+
+
+def test_a_snapshot_of_a_shorter_ladder_restores_with_the_newcomer_cold() -> None:
+    from streamcascade.learning.snapshots import SnapshotMismatch
+
+    def configs(*names: str) -> list[LevelConfig]:
+        return [c.model_copy(update={"name": name})
+                for c, name in zip(_level_configs(len(names)), names, strict=True)]  # fmt: skip
+
+    learning = LearningConfig(enabled=True)
+    old = RouteLearner(learning, configs("small", "big"))
+    rng = random.Random(2)
+    for i in range(40):
+        state = old.begin(CodeRequest(id=f"r{i}", prompt="def f(x):\n    pass\n", entry_point="f"))
+        while (m := old.decide(state, old.mu, old.expected_costs())) is not None:
+            state.add(Observation(m, True, float(rng.random() < 0.7), 1, 50, 1e-5 * 10**m),
+                      {k: rng.random() < 0.8 for k in state.ran})  # fmt: skip
+        old.finish(f"r{i}", state, {0: rng.random() < 0.6}, old.answer(state))
+    saved = json.loads(json.dumps(old.state_dict()))
+    grown = RouteLearner(learning, configs("small", "mid", "big"))
+    grown.load_state_dict(saved)
+    assert grown.router.settings.n_levels == 3 and len(grown.costs) == len(grown.drift) == 3
+    assert grown.costs[0].value == old.costs[0].value and grown.costs[2].value == old.costs[1].value
+    assert grown.router.state_dict()["quality"][2] == old.router.state_dict()["quality"][1]
+    assert grown.n_requests == 40
+    state = grown.begin(CodeRequest(id="x", prompt="def f(x):\n    pass\n", entry_point="f"))
+    grown.decide(state, grown.mu, grown.expected_costs())  # every plan has a value
+    for names in (("big", "small"), ("small", "big", "bigger"), ("small",)):
+        with pytest.raises(SnapshotMismatch, match="levels"):
+            RouteLearner(learning, configs(*names)).load_state_dict(saved)

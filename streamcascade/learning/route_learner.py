@@ -18,7 +18,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streamcascade.config import LearningConfig, LevelConfig
@@ -31,12 +31,13 @@ from streamcascade.learning.routing import (
     RouteState,
 )
 from streamcascade.learning.running import RunningMean
-from streamcascade.learning.snapshots import check_snapshot
+from streamcascade.learning.snapshots import SnapshotMismatch, check_snapshot
 from streamcascade.schemas import CodeRequest, Feedback
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# 2: the router learns each level's gain ("gain"), not its ex-ante quality ("value").
 # How far the budget may push the weight of a wrong answer, in top calls.
 _CALLS_RANGE = (0.05, 1000.0)
 
@@ -97,6 +98,7 @@ class RouteLearner:
         if not levels:
             raise ValueError("a cascade needs at least one level")
         self.config = config
+        self.levels = list(levels)
         self.n_levels = len(levels)
         settings = config.router
         self.router = CascadeRouter(
@@ -263,6 +265,7 @@ class RouteLearner:
             "version": STATE_VERSION,
             "kind": "route",
             "n_levels": self.n_levels,
+            "levels": [level.name for level in self.levels],
             "router": self.router.state_dict(),
             "costs": [[m.value, m.n] for m in self.costs],
             "top_calls": self.top_calls,
@@ -278,14 +281,60 @@ class RouteLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a snapshot (answers awaiting Feedback are not part of it)."""
-        check_snapshot(state, "route", "router", STATE_VERSION, self.n_levels)
+        """Restore a snapshot (answers awaiting Feedback are not part of it).
+        A snapshot of a ladder that lacked some of this one's levels below the
+        top (a model joined) restores what it knows, and the newcomers start
+        from the prior."""
+        names = [level.name for level in self.levels]
+        saved = state.get("levels", names if state.get("n_levels") == self.n_levels else None)
+        joined = joined_positions(saved, names) if saved is not None else []
+        check_snapshot(state, "route", "router", STATE_VERSION, self.n_levels - len(joined))
+        self.router = CascadeRouter(replace(self.router.settings, n_levels=len(saved or names)))
         self.router.load_state_dict(state["router"])
-        for mean, (value, n) in zip(self.costs, state["costs"], strict=True):
+        self.costs = []
+        for value, n in state["costs"]:
+            mean = RunningMean()
             mean.value, mean.n = float(value), int(n)
+            self.costs.append(mean)
         self.top_calls = float(state["top_calls"])
         self.budget_mean.value = float(state["budget_mean"][0])
         self.budget_mean.n = int(state["budget_mean"][1])
         self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
+        for position in joined:
+            self.router.insert_level(position)
+            fresh = RunningMean()
+            fresh.value = prior_cost_usd(self.levels[position])
+            self.costs.insert(position, fresh)
+            self.drift.insert(position, DriftMonitor(self.config.drift_delta))
+            log.info("level %s joined the ladder at position %d: it starts from the prior",
+                     names[position], position)  # fmt: skip
+
+
+def joined_positions(saved: Sequence[str], names: Sequence[str]) -> list[int]:
+    """The positions in `names` of the levels a snapshot of the ladder `saved`
+    lacks, when `names` is `saved` with levels added below its top; else
+    SnapshotMismatch.
+
+    >>> joined_positions(["a", "c", "top"], ["a", "b", "c", "top"])
+    [1]
+    >>> joined_positions(["a", "top"], ["a", "top"])
+    []
+    """
+    saved, names = list(saved), list(names)
+    if saved == names:
+        return []
+    matched, position = 0, 0
+    joined: list[int] = []
+    for position, name in enumerate(names):
+        if matched < len(saved) and saved[matched] == name:
+            matched += 1
+        else:
+            joined.append(position)
+    if matched != len(saved) or not saved or saved[-1] != names[-1]:
+        raise SnapshotMismatch(
+            f"the snapshot is for levels {saved}; this cascade has {names}: only levels added "
+            "below the same top can join a learned router's snapshot"
+        )
+    return joined

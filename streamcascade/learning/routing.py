@@ -8,17 +8,20 @@ quality minus mu times cost. Quality comes from two learned estimators:
   everything seen once the models in T ran: j's score on its tests, whether
   the others passed theirs, and whether each of them behaves like j on probe
   inputs (differential testing, the imitation machinery);
-- ex-ante, `e[m](S)`: what model m's post-hoc quality will be if it runs now,
-  from the state S it would run in (which levels ran, passed and agreed),
-  learned from every run of m with its post-hoc estimate as the target, with
-  the observed spread of that guess.
+- gain, `g[m](S)`: how much running model m now raises the quality of the
+  best answer, from the state S it would run in (which levels ran, passed and
+  agreed), learned from every run of m: the best post-hoc estimate once m
+  ran, all answers re-estimated in its light, less the best before it. A
+  model whose answers only repeat one that ran adds nothing to the best
+  answer, and its gain learns to say so; an independence assumption (each
+  model's quality a separate draw) would keep crediting it.
 
 A plan is a set of models not run yet; its value is the expected quality of
-the best answer once it has run (a Gaussian per unrun model around its
-ex-ante estimate, as wide as its spread; Clark's moments for the max) less
-mu times its cost. The width is what lets the router run a cheap model for
-the evidence it brings. The best plan's most important model runs next;
-the empty plan is stopping.
+the best answer once it has run (the best so far plus, per unrun model, a
+Gaussian gain around its estimate, as wide as that estimate's observed error;
+Clark's moments for the max) less mu times its cost. The width is what lets
+the router run a cheap model for the evidence it brings. The best plan's
+most important model runs next; the empty plan is stopping.
 
 The estimators are Bayesian logistic regressions (`BayesLogit`) whose prior
 is the fixed cascade's belief (a passing answer is probably right, a failing
@@ -37,8 +40,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from streamcascade.learning.bayes import BayesLogit
@@ -161,8 +165,27 @@ def value_features(
 # level's ex-ante quality starts near 60 %, with a spread of 0.35; the top
 # model passes its own tests three times in four.
 QUALITY_PRIOR = {"s.P": 1.0, "s.F": -2.0, "s.N": -4.0}
-VALUE_PRIOR = {"bias": 0.4}
 SPREAD_PRIOR = 0.12
+VIEW_WINDOW = 50
+LOOKAHEAD = 1
+"""Cheap models in a row that a step's value looks ahead over (then: stop or the top)."""
+# Gauss-Hermite nodes and weights for the standard normal (probabilists').
+_NODES = ((-2.856970, 0.011257), (-1.355626, 0.222076), (0.0, 0.533333),
+          (1.355626, 0.222076), (2.856970, 0.011257))  # fmt: skip
+
+
+def gain_prior(n_levels: int) -> dict[str, float]:
+    """Prior log-odds of a model's gain, learned as the soft label (gain + 1) / 2:
+    about 0.6 when nothing ran, 0.5 after answers that failed or were missing,
+    0.1 after one that passed (the fixed rule's belief that it can stop there)."""
+    prior = {"bias": _logit(0.8)}
+    for i in range(n_levels):
+        prior[f"o{i}.P"] = _logit(0.55) - prior["bias"]
+        prior[f"o{i}.F"] = _logit(0.75) - prior["bias"]
+        prior[f"o{i}.N"] = _logit(0.75) - prior["bias"]
+    return prior
+
+
 TOP_PASSES_PRIOR = {"bias": 1.1}
 
 
@@ -185,14 +208,55 @@ class RouterSettings:
 
 
 class _Mean:
-    """A running mean that starts from a prior worth `weight` observations."""
+    """A running mean that starts from a prior worth `weight` observations and
+    then follows the last `window` or so."""
 
-    def __init__(self, prior: float, weight: int = 5) -> None:
-        self.value, self.n = prior, weight
+    def __init__(self, prior: float, weight: int = 5, window: int = 200) -> None:
+        self.value, self.n, self.window = prior, weight, window
 
     def update(self, x: float) -> None:
         self.n += 1
-        self.value += (x - self.value) / min(self.n, 200)
+        self.value += (x - self.value) / min(self.n, self.window)
+
+
+_PAIR = re.compile(r"^a(\d+)\.(\d+)\.")
+_LEVEL = re.compile(r"(^|\.)o(\d+)\.")
+
+
+def _renumber_name(name: str, position: int) -> str:
+    """A feature name with every level position at or above `position` moved up
+    one: `o{i}.` (a level's state) and `a{i}.{k}.` (a pair's agreement); the
+    request's own features (`r.`) name no level.
+
+    >>> [_renumber_name(n, 1) for n in ("o0.P", "o1.Fa", "sP.o2.Nu", "a0.2.d", "r.len")]
+    ['o0.P', 'o2.Fa', 'sP.o3.Nu', 'a0.3.d', 'r.len']
+    """
+    if name.startswith("r."):
+        return name
+
+    def up(i: int) -> int:
+        return i + 1 if i >= position else i
+
+    pair = _PAIR.match(name)
+    if pair:
+        i, k = (int(g) for g in pair.groups())
+        return f"a{up(i)}.{up(k)}.{name[pair.end() :]}"
+    return _LEVEL.sub(lambda m: f"{m.group(1)}o{up(int(m.group(2)))}.", name)
+
+
+def _view_key(x: dict[str, float]) -> str:
+    """Which levels ran, passed and agreed: the value features less the request's."""
+    return "|".join(sorted(name for name in x if not name.startswith("r.")))
+
+
+def _renumber_key(key: str, position: int) -> str:
+    return "|".join(sorted(_renumber_name(name, position) for name in key.split("|")))
+
+
+def _renumber(model: BayesLogit, position: int) -> None:
+    model.mean = {_renumber_name(k, position): v for k, v in model.mean.items()}
+    model.precision = {_renumber_name(k, position): v for k, v in model.precision.items()}
+    model.prior_means = {_renumber_name(k, position): v for k, v in model.prior_means.items()}
 
 
 def _phi(x: float) -> float:
@@ -323,9 +387,12 @@ class CascadeRouter:
                 }
             )
         )
-        self.value = [self._model(VALUE_PRIOR) for _ in range(n)]
-        # The observed squared error of each ex-ante estimate.
+        self.gain = [self._model(gain_prior(n)) for _ in range(n)]
+        # The observed squared error of each gain estimate.
         self.spread = [_Mean(SPREAD_PRIOR) for _ in range(n)]
+        # ... and in each view (which levels ran, passed and agreed): a model that
+        # repeats one that ran is certain there, uncertain where nothing ran.
+        self.spread_in: list[dict[str, _Mean]] = [{} for _ in range(n)]
         # Whether the top model's answer passes its own tests, from the state below it.
         self.top_passes = self._model(TOP_PASSES_PRIOR)
         self.rng = random.Random(settings.seed)
@@ -356,38 +423,77 @@ class CascadeRouter:
     def _top_quality(self, passed: bool) -> float:
         return self.quality[self.top].predict_one({"s.P" if passed else "s.F": 1.0})
 
+    def gain_of(self, m: int, x: dict[str, float]) -> float:
+        """Expected rise in the best answer's quality from running model m in the
+        state whose value features are `x` (negative: its answer would cast
+        doubt on the best so far)."""
+        return 2.0 * self.gain[m].predict_one(x) - 1.0
+
+    def spread_of(self, m: int, x: dict[str, float]) -> float:
+        """The observed squared error of model m's gain estimate in the view of
+        `x` (until it has run there: over every view)."""
+        seen = self.spread_in[m].get(_view_key(x))
+        return seen.value if seen is not None else self.spread[m].value
+
+    def best_in(self, state: RouteState, view: Sequence[int]) -> float:
+        """The best post-hoc quality among the answers in `view`, each estimated
+        from what the models in `view` showed."""
+        return max(
+            (
+                self.quality[j].predict_one(quality_features(state, j, view))
+                for j in view
+                if state.observations[j].has_answer
+            ),
+            default=0.0,
+        )
+
     def plan_values(
         self, state: RouteState, best: float, mu: float, cost_usd: Sequence[float]
     ) -> dict[tuple[int, ...], float]:
-        """Every plan (a set of models not run yet) with its value: the expected
-        quality of the best answer once the plan's models have run too, less mu
-        times their cost. Each unrun cheap model's quality is a Gaussian around
-        its ex-ante estimate, as wide as that estimate's observed error: the
-        width is what makes a cheap model worth running for the evidence it
-        brings (Dekoninck et al., ICML 2025, with Clark's moments for the max).
-        The empty plan is stopping now."""
+        """The value of each next step: stopping now (`()`), calling the top now
+        (`(top,)`), or running one cheap model m (`(m,)`) and then doing
+        whichever is worth more, stopping or calling the top (or, `LOOKAHEAD`
+        permitting, one more cheap model first). A cheap model moves the best
+        answer's quality by its learned gain, give or take that gain's observed
+        spread in this view (a Gaussian, integrated on a few nodes); the spread
+        is what makes it worth running for the evidence it brings, and a model
+        that only repeats one that ran has neither gain nor spread. Values are
+        expected quality less mu times the cost still to pay."""
         view = state.ran
         remaining = [m for m in range(self.settings.n_levels) if m not in view]
         x = value_features(state, view, self.settings.ex_ante_scale)
-        ex_ante = {m: self.value[m].predict_one(x) for m in remaining if m != self.top}
-        passes = self.top_passes.predict_one(x) if self.top in remaining else 0.0
-        good, bad = self._top_quality(True), self._top_quality(False)
-        # The max's moments over each set of cheap levels, each set built from a
-        # smaller one by one more max (sets in increasing order of their members).
-        moments: dict[tuple[int, ...], tuple[float, float, float]] = {(): (best, 0.0, 0.0)}
-        for m in sorted(ex_ante):
-            for plan, (mean, variance, cost) in list(moments.items()):
-                mean, variance = _clark_max(mean, variance, ex_ante[m], self.spread[m].value)
-                moments[(*plan, m)] = (mean, variance, cost + cost_usd[m])
-        values: dict[tuple[int, ...], float] = {}
+        cheap = {m: (self.gain_of(m, x), math.sqrt(self.spread_of(m, x)))
+                 for m in remaining if m != self.top}  # fmt: skip
         with_top = self.top in remaining
-        for plan, (mean, variance, cost) in moments.items():
-            values[plan] = mean - mu * cost if (plan or view) else -math.inf
-            if with_top:
-                expected = passes * _expected_max(mean, variance, good) + (
-                    1 - passes
-                ) * _expected_max(mean, variance, bad)
-                values[(*plan, self.top)] = expected - mu * (cost + cost_usd[self.top])
+        passes = self.top_passes.predict_one(x) if with_top else 0.0
+        good, bad = self._top_quality(True), self._top_quality(False)
+        top_cost = mu * cost_usd[self.top]
+
+        def top_value(b: float) -> float:
+            return passes * max(b, good) + (1 - passes) * max(b, bad) - top_cost
+
+        def then(b: float, left: tuple[int, ...], depth: int) -> float:
+            value = max(b, top_value(b)) if with_top else b
+            for m in left if depth > 0 else ():
+                value = max(value, ahead(b, m, left, depth - 1, first=False))
+            return value
+
+        def ahead(b: float, m: int, left: tuple[int, ...], depth: int, first: bool) -> float:
+            gain, width = cheap[m]
+            rest = tuple(k for k in left if k != m)
+            # The first model's gain was learned in this view; a later one's
+            # only here too, so it is counted as independent of the first.
+            worth = 0.0
+            for z, weight in _NODES:
+                moved = b + gain + width * z if first else max(b, best + gain + width * z)
+                worth += weight * then(min(max(moved, 0.0), 1.0), rest, depth)
+            return worth - mu * cost_usd[m]
+
+        values: dict[tuple[int, ...], float] = {(): best if view else -math.inf}
+        if with_top:
+            values[(self.top,)] = top_value(best)
+        for m in cheap:
+            values[(m,)] = ahead(best, m, tuple(cheap), LOOKAHEAD - 1, first=True)
         return values
 
     # -- acting --------------------------------------------------------------------
@@ -472,17 +578,24 @@ class CascadeRouter:
             for step in range(state.order.index(self.top) + 1):
                 x = value_features(state, state.order[:step], self.settings.ex_ante_scale)
                 self.top_passes.learn_one(x, passed, weight)
-        # Ex-ante: what each model's post-hoc quality turned out to be, from the
-        # state it ran in, and how far off the ex-ante estimate was.
+        # Gain: how much each model raised the best answer, from the state it ran
+        # in (both sides re-estimated with today's quality models), and how far
+        # off the gain estimate was.
         for step, m in enumerate(state.order):
             if m == self.top:
                 continue
             before = state.order[:step]
             x = value_features(state, before, self.settings.ex_ante_scale)
-            target = self.quality[m].predict_one(quality_features(state, m, [*before, m]))
-            error = target - self.value[m].predict_one(x)
+            gained = self.best_in(state, [*before, m]) - self.best_in(state, before)
+            error = gained - self.gain_of(m, x)
             self.spread[m].update(error * error)
-            self.value[m].learn_one(x, target, weight)
+            key = _view_key(x)
+            if key not in self.spread_in[m]:
+                # A short window: the early errors, made before the gain was
+                # learned, would otherwise keep a duplicate looking uncertain.
+                self.spread_in[m][key] = _Mean(self.spread[m].value, window=VIEW_WINDOW)
+            self.spread_in[m][key].update(error * error)
+            self.gain[m].learn_one(x, (gained + 1.0) / 2.0, weight)
 
     def observe_quality(
         self, state: RouteState, labels: dict[int, bool | None], weight: float = 1.0
@@ -499,15 +612,46 @@ class CascadeRouter:
                     x = quality_features(state, j, (*subset, j))
                     self.quality[j].learn_one(x, right, weight)
 
+    def insert_level(self, position: int) -> None:
+        """A model joins the ladder at `position` (the levels from there up move
+        one place): what was learned of the others is kept, their features
+        renumbered; the newcomer's estimators start at the prior, so its gain's
+        width is what gets it tried, until its own runs say what it adds."""
+        n = self.settings.n_levels
+        if not 0 <= position < n:
+            # A new top would leave the old top's estimators (priors that only
+            # reference labels move) on a level imitation now labels: not built.
+            raise ValueError(f"a level joins below the top: position 0..{n - 1}, not {position}")
+        self.settings = replace(self.settings, n_levels=n + 1)
+        for model in (*self.quality, *self.gain, self.top_passes):
+            _renumber(model, position)
+        fresh_quality = {**QUALITY_PRIOR,
+                         "s.P": QUALITY_PRIOR["s.P"] + 0.8 * position / max(n, 1)}  # fmt: skip
+        self.quality.insert(position, self._model(fresh_quality))
+        prior = gain_prior(n + 1)
+        for model in self.gain:
+            new = {k: v for k, v in prior.items() if k.startswith(f"o{position}.")}
+            model.prior_means.update(new)
+        self.gain.insert(position, self._model(prior))
+        self.spread.insert(position, _Mean(SPREAD_PRIOR))
+        self.spread_in = [
+            {_renumber_key(key, position): mean for key, mean in views.items()}
+            for views in self.spread_in
+        ]
+        self.spread_in.insert(position, {})
+
     def widen(self, share: float) -> None:
-        for model in (*self.quality, *self.value):
+        for model in (*self.quality, *self.gain):
             model.widen(share)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "quality": [m.state_dict() for m in self.quality],
-            "value": [m.state_dict() for m in self.value],
+            "gain": [m.state_dict() for m in self.gain],
             "spread": [[m.value, m.n] for m in self.spread],
+            "spread_in": [
+                {key: [m.value, m.n] for key, m in views.items()} for views in self.spread_in
+            ],
             "top_passes": self.top_passes.state_dict(),
             "rng": list(self.rng.getstate()[1]),
             "n_decisions": self.n_decisions,
@@ -516,8 +660,12 @@ class CascadeRouter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.quality = [BayesLogit.from_state_dict(m) for m in state["quality"]]
-        self.value = [BayesLogit.from_state_dict(m) for m in state["value"]]
+        self.gain = [BayesLogit.from_state_dict(m) for m in state["gain"]]
         self.spread = [_Mean(float(v), int(n)) for v, n in state["spread"]]
+        self.spread_in = [
+            {str(key): _Mean(float(v), int(n), VIEW_WINDOW) for key, (v, n) in views.items()}
+            for views in state["spread_in"]
+        ]
         self.top_passes = BayesLogit.from_state_dict(state["top_passes"])
         self.rng.setstate((3, tuple(state["rng"]), None))
         self.n_decisions = int(state["n_decisions"])
