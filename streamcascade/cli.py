@@ -301,7 +301,7 @@ def _bench_labels(args: argparse.Namespace, out_dir: Path) -> int:
 
 
 def _bench_adapt(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
-    from streamcascade.benchtools.adaptbench import SCENARIOS, adapt_bench
+    from streamcascade.benchtools.adaptbench import SCENARIOS, Extras, adapt_bench
     from streamcascade.benchtools.learnbench import LadderWorld
     from streamcascade.config import SandboxConfig
     from streamcascade.sandbox import Sandbox
@@ -314,18 +314,56 @@ def _bench_adapt(args: argparse.Namespace, out_dir: Path, grader_config: Any) ->
     config, requests = _ladder(args, out_dir)
     learning = load_config(Path(args.config)).learning if args.config else None
     probe_config = SandboxConfig(per_test_timeout_s=1.0, max_timeouts=1)
+    progress = lambda items, label: _progress(items, label, not args.no_progress)  # noqa: E731
     with Sandbox(probe_config) as sandbox, Sandbox(grader_config) as grader:
-        world = LadderWorld(
-            config, requests, sandbox, grader,
-            lambda items, label: _progress(items, label, not args.no_progress),
-        )  # fmt: skip
+        world = LadderWorld(config, requests, sandbox, grader, progress)
+        second = None
+        if args.mix_ladder:
+            mix_args = argparse.Namespace(**{**vars(args), "ladder": args.mix_ladder,
+                                             "models": args.mix_models, "limit": None})  # fmt: skip
+            mix_config, mix_requests = _ladder(mix_args, out_dir)
+            second = LadderWorld(mix_config, mix_requests, sandbox, grader, progress)
+        self_tested = _self_tested_level(args, world, sandbox) if args.codet else None
         text, payload = adapt_bench(
             world, args.scenario or SCENARIOS, n_orders=args.orders,
             top_calls=1.0 / args.weight, learning=learning,
+            extras=Extras(second=second, self_tested=self_tested),
         )  # fmt: skip
     print(text)
     print(f"wrote {_bench_outputs(out_dir, 'adapt', payload)}")
     return 0
+
+
+def _self_tested_level(args: argparse.Namespace, world: Any, sandbox: Any) -> Any:
+    """CodeT's CodeGen-16B as a level judged by its own generated tests (10
+    solutions, 10 test samples of up to 5 asserts, dual agreement), at
+    --codet-price (default starcoder's list price, 0.30/0.30)."""
+    from streamcascade.backends import BackendPool
+    from streamcascade.backends.replay import CodeTReplayBackend, ReplayBackendConfig
+    from streamcascade.benchtools.adaptbench import SelfTestedLevel
+    from streamcascade.benchtools.bench import CachingLevel
+    from streamcascade.cascade import Level
+    from streamcascade.config import LevelConfig
+    from streamcascade.ladder import parse_price
+
+    directory = Path(args.codet)
+    known = set(CodeTReplayBackend(directory).prompts)
+    missing = [r.id for r in world.requests if r.id not in known]
+    if missing:
+        raise InputError(
+            f"--codet {directory}: no recordings for {len(missing)} of the ladder's tasks "
+            f"(first: {missing[0]}); the self-tests scenario needs every one"
+        )
+    price_in, price_out = parse_price(args.codet_price or "0.30/0.30")
+    config = LevelConfig(
+        name="codegen-16b (own tests)",
+        backend=ReplayBackendConfig(format="codet", path=directory, name="codegen-16b-mono"),
+        k_solutions=10, t_test_generations=10, max_test_lines=5, scoring="dual_agreement",
+        price_in_usd_per_1m=price_in, price_out_usd_per_1m=price_out,
+    )  # fmt: skip
+    pool = BackendPool(None, False)
+    level = CachingLevel(Level(len(world.levels) - 1, config, pool.get(config.backend), sandbox))
+    return SelfTestedLevel(level)
 
 
 def _bench_learn(args: argparse.Namespace, out_dir: Path, grader_config: Any) -> int:
@@ -778,8 +816,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--ladder's models, cheapest first, and prices: a YAML file (configs/ladders/) "
         "or NAME=PRICE_IN/PRICE_OUT,... in USD per 1M tokens",
     )
-    bench.add_argument("--codet-price", help="--budget: CodeT level's price, IN/OUT per 1M")
-    bench.add_argument("--codet", help="reproduce CodeT on the recordings in this directory")
+    bench.add_argument(
+        "--codet-price", help="--budget, --adapt: CodeT level's price, IN/OUT per 1M"
+    )
+    codet_help = "reproduce CodeT on the recordings in this directory; with --adapt: the "
+    codet_help += "self-tests scenario's level"
+    bench.add_argument("--codet", help=codet_help)
+    bench.add_argument("--mix-ladder", help="--adapt: the mix scenario's second population")
+    bench.add_argument("--mix-models", help="--adapt: --mix-ladder's models (as --models)")
     learn_help = (
         "the learning cascade against fixed baselines: regret, mu front and drift with "
         "--ladder; with and without the exemplar memory on the configured models"

@@ -36,24 +36,76 @@ def _ladder(directory: Path, n_tasks: int = 24) -> Path:
     return directory
 
 
+def _codet(directory: Path, n_tasks: int = 24) -> Path:
+    """CodeT-format recordings for `_ladder`'s tasks: ten solutions, right on
+    even tasks only, and ten test samples that agree with whatever the
+    solutions return (so self-testing always passes, right or wrong)."""
+    directory.mkdir()
+    files: dict[str, list[str]] = {
+        name: []
+        for name in (
+            "prompts-for-solutions",
+            "prompts-for-tests",
+            "codegen16b-solutions",
+            "codegen16b-tests",
+        )
+    }
+    for i in range(n_tasks):
+        prompt = f'def f_{i}(x):\n    """x plus {i}."""\n'
+        got = 1 + i if i % 2 == 0 else 2 + i
+        body = f"    return x + {i}\n" if i % 2 == 0 else f"    return x + {i + 1}\n"
+        rows = {
+            "prompts-for-solutions": {"task_id": f"Synthetic/{i}", "prompt": prompt},
+            "prompts-for-tests": {"task_id": f"Synthetic/{i}", "prompt": prompt + "# test\n"},
+            "codegen16b-solutions": {"prompt": prompt, "samples": [body] * 10},
+            "codegen16b-tests": {"prompt": prompt + "# test\n",
+                                 "samples": [f"f_{i}(1) == {got}\n"] * 10},
+        }  # fmt: skip
+        for name, row in rows.items():
+            files[name].append(json.dumps(row) + "\n")
+    for name, lines in files.items():
+        (directory / f"{name}.jsonl").write_text("".join(lines))
+    return directory
+
+
 def test_bench_adapt_runs_every_scenario_phase_by_phase(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ladder = _ladder(tmp_path / "ladder")
+    # A second population on two of the same models (and one of its own).
+    other = tmp_path / "other"
+    other.mkdir()
+    for model in ("small", "mid", "huge"):
+        rows = (ladder / f"{model if model != 'huge' else 'big'}.jsonl").read_text().splitlines()
+        renamed = [json.dumps({**json.loads(r), "task_id": f"Other/{i}"})
+                   for i, r in enumerate(rows[:18])]  # fmt: skip
+        (other / f"{model}.jsonl").write_text("\n".join(renamed) + "\n")
+    codet = _codet(tmp_path / "codet")
     out = tmp_path / "out"
     models = "small=0.3/0.3,mid=1/1,big=10/30"
     code = main(["bench", "--adapt", "--ladder", str(ladder), "--models", models,
-                 "--orders", "2", "--out-dir", str(out), "--no-progress"])  # fmt: skip
+                 "--mix-ladder", str(other), "--mix-models", "small=0.3/0.3,mid=1/1,huge=5/5",
+                 "--codet", str(codet), "--orders", "2", "--out-dir", str(out),
+                 "--no-progress"])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     payload = json.loads((out / "adapt.json").read_text())
     by_name = {s["scenario"]: s for s in payload["scenarios"]}
     assert set(by_name) == {"swap", "degrade", "join", "outage", "price", "mix", "self-tests",
                             "poison"}  # fmt: skip
-    for skipped in ("join", "mix", "self-tests"):
-        assert by_name[skipped]["skipped"] and f"{skipped}: skipped" in text
+    assert not any("skipped" in s for s in by_name.values()), text
     assert [p["phase"] for p in by_name["outage"]["phases"]] == [1, 2, 3]
-    for name in ("swap", "degrade", "outage", "price", "poison"):
+    # mix: the shared models only, on one population, the other, and back.
+    assert "on small, mid" in by_name["mix"]["what"]
+    assert [p["phase"] for p in by_name["mix"]["phases"]] == [1, 2, 3]
+    # join: the mid model is missing, then joins: phase 1 has one level fewer.
+    assert "mid joins below the top" in by_name["join"]["what"]
+    # self-tests: CodeT's level passes its own tests always and is right on
+    # half the tasks: the rule that trusts it is wrong half the time.
+    self_tests = by_name["self-tests"]["phases"][1]["rows"]
+    fixed = next(row for row in self_tests if row["name"] == "fixed cascade")
+    assert fixed["pass_at_1"] < 0.8
+    for name in ("swap", "degrade", "join", "outage", "price", "mix", "self-tests", "poison"):
         for phase in by_name[name]["phases"]:
             rows = {row["name"]: row for row in phase["rows"]}
             best = rows["best pass/fail rule of the phase"]
@@ -81,6 +133,22 @@ def test_bench_adapt_says_what_it_needs(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
                  "--scenario", "earthquake"]) != 0  # fmt: skip
     assert "--scenario earthquake: one of swap" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
+                 "--scenario", "mix", "--scenario", "self-tests", "--scenario", "join",
+                 "--out-dir", str(out), "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "mix: skipped: needs a second request population (--mix-ladder" in text
+    assert "self-tests: skipped: needs the CodeT recordings (--codet DIR)" in text
+    assert "join: skipped: needs three levels" in text
+    codet = tmp_path / "codet"
+    codet.mkdir()
+    for name in ("prompts-for-solutions", "prompts-for-tests", "codegen16b-solutions",
+                 "codegen16b-tests"):  # fmt: skip
+        (codet / f"{name}.jsonl").write_text("")
+    assert main(["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
+                 "--codet", str(codet), "--no-progress", "--out-dir", str(out)]) != 0  # fmt: skip
+    assert "no recordings for 3 of the ladder's tasks" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
 from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.schemas import CodeRequest, Feedback
-from streamcascade.tasks import LevelOutcome
+from streamcascade.tasks import LevelOutcome, grade_all
 
 SCENARIOS = ("swap", "degrade", "join", "outage", "price", "mix", "self-tests", "poison")
 TAIL = 100
@@ -90,6 +90,66 @@ class DownLevel(Level):
 
     def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
         raise BackendError(f"{self.name}: outage (scenario)")
+
+
+class MovedLevel(Level):
+    """A level at another place of a shorter ladder: its attempts say which."""
+
+    def __init__(self, level: Level, index: int) -> None:
+        super().__init__(index, level.config, level.backend, level.sandbox)
+        self.inner = level
+
+    def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        return [replace(o, attempt=o.attempt.model_copy(update={"level": self.index}))
+                for o in self.inner.step(requests)]  # fmt: skip
+
+
+class SelfTestedLevel(Level):
+    """A level that never sees a request's visible tests: it judges its
+    solutions by the tests it writes itself (CodeT's setting)."""
+
+    def __init__(self, level: Level) -> None:
+        super().__init__(level.index, level.config, level.backend, level.sandbox)
+        self.inner = level
+
+    def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
+        return self.inner.step([r.model_copy(update={"visible_tests": []}) for r in requests])
+
+
+def without(world: LadderWorld, position: int) -> LadderWorld:
+    """The same world with the level at `position` gone (the ones above move down)."""
+    keep = [i for i in range(len(world.levels)) if i != position]
+    other = object.__new__(LadderWorld)
+    other.__dict__.update(world.__dict__)
+    other.levels = [world.levels[i] if i < position else MovedLevel(world.levels[i], i)
+                    for i in keep]  # fmt: skip
+    other.correct = [world.correct[i] for i in keep]
+    other.passes = [world.passes[i] for i in keep]
+    other.cost = [world.cost[i] for i in keep]
+    other.top_cost_usd = sum(other.cost[-1].values())
+    return other
+
+
+def only(world: LadderWorld, names: Sequence[str]) -> LadderWorld:
+    """The same world with only the levels named (in the world's order)."""
+    for position in reversed(range(len(world.levels))):
+        if world.levels[position].name not in names:
+            world = without(world, position)
+    return world
+
+
+def replaced(world: LadderWorld, position: int, level: Level) -> LadderWorld:
+    """The same world with `level` answering at `position` (graded here, once)."""
+    outcomes = {r.id: level.step([r])[0] for r in world.requests}
+    graded = grade_all(world.grader, [(r, outcomes[r.id].code) for r in world.requests])
+    correct = {r.id: bool(g) for r, g in zip(world.requests, graded, strict=True)}
+    passes = {
+        r.id: outcomes[r.id].attempt.best_solution_index is not None
+        and outcomes[r.id].attempt.score >= 1.0
+        for r in world.requests
+    }
+    cost = {r.id: outcomes[r.id].attempt.cost_usd for r in world.requests}
+    return _view(world, position, level, correct, passes, cost)
 
 
 def _view(world: LadderWorld, position: int, level: Level, correct: dict[str, bool],
@@ -138,8 +198,19 @@ class Skipped:
     why: str
 
 
-def scenario(name: str, world: LadderWorld) -> Scenario | Skipped:
+@dataclass(frozen=True)
+class Extras:
+    """What some scenarios need beyond the ladder itself."""
+
+    second: LadderWorld | None = None
+    """`mix`: a second request population recorded on some of the same models."""
+    self_tested: Level | None = None
+    """`self-tests`: a level judged by its own generated tests (CodeT's CodeGen-16B)."""
+
+
+def scenario(name: str, world: LadderWorld, extras: Extras | None = None) -> Scenario | Skipped:
     """The phases of scenario `name` on `world`, or why it does not apply."""
+    extras = extras or Extras()
     n = len(world.levels)
     names = [level.name for level in world.levels]
     if name == "swap":
@@ -162,11 +233,30 @@ def scenario(name: str, world: LadderWorld) -> Scenario | Skipped:
         return Scenario(name, "half the answers get Feedback, a fifth of it lies",
                         [world], feedback_share=0.5, lying_share=0.2)  # fmt: skip
     if name == "join":
-        return Skipped(name, "the router cannot yet grow a level mid-stream (issue 24, item 2)")
+        if n < 3:
+            return Skipped(name, "needs three levels: one below the top to join mid-stream")
+        position = n - 2
+        return Scenario(name, f"{names[position]} joins below the top, unknown to the router",
+                        [without(world, position), world])  # fmt: skip
     if name == "mix":
-        return Skipped(name, "needs a second request population on the same models (not built)")
+        if extras.second is None:
+            return Skipped(name, "needs a second request population (--mix-ladder, --mix-models)")
+        shared = [m for m in names if m in {level.name for level in extras.second.levels}]
+        if len(shared) < 2:
+            return Skipped(name, f"the two ladders share {len(shared)} model(s); it needs two")
+        first, second = only(world, shared), only(extras.second, shared)
+        return Scenario(name, f"the traffic moves to another population on {', '.join(shared)}",
+                        [first, second, first])  # fmt: skip
     if name == "self-tests":
-        return Skipped(name, "needs the CodeT level below the top (not built)")
+        if extras.self_tested is None:
+            return Skipped(name, "needs the CodeT recordings (--codet DIR)")
+        if n < 2:
+            return Skipped(name, "needs a level below the top")
+        position = n - 2
+        level = MovedLevel(extras.self_tested, position + 1)
+        return Scenario(name, f"{names[position]} replaced by {level.name}, judged by its own "
+                        "generated tests, not the visible ones",
+                        [world, replaced(world, position, level)])  # fmt: skip
     raise ValueError(f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)}")
 
 
@@ -194,18 +284,34 @@ def router_phases(
     honest: bool = False,
     seed: int = 0,
 ) -> list[PhaseRun]:
-    """One router across every phase (its levels change under it)."""
+    """One router across every phase. Its levels change under it; where the
+    ladder grows (`join`), the router is restarted on the grown ladder from a
+    snapshot of itself, as a service restarted with one more level is."""
     first = scenario.phases[0]
-    levels = [PhasedLevel([phase.levels[p] for phase in scenario.phases])
-              for p in range(len(first.levels))]  # fmt: skip
-    learner = learner_class(learning, [level.config for level in levels])
-    engine = RoutedCascadeEngine(levels, learner=learner, labeler=first.labeler(learning))
     rng = random.Random(seed)
     waiting: deque[tuple[int, Feedback]] = deque()
     runs, index = [], 0
+    engine: RoutedCascadeEngine | None = None
+    learner: RouteLearner | None = None
+    levels: list[PhasedLevel] = []
+    start = 0
     for phase, (world, stream) in enumerate(zip(scenario.phases, streams, strict=True)):
+        if engine is None or len(world.levels) != len(levels):
+            # Phases on the same number of levels share one engine: its levels
+            # switch worlds under it (`PhasedLevel`).
+            span = [world]
+            for later in scenario.phases[phase + 1 :]:
+                if len(later.levels) != len(world.levels):
+                    break
+                span.append(later)
+            levels = [PhasedLevel([w.levels[p] for w in span]) for p in range(len(world.levels))]
+            grown = learner_class(learning, [level.config for level in levels])
+            if learner is not None:
+                grown.load_state_dict(learner.state_dict())
+            learner, start = grown, phase
+            engine = RoutedCascadeEngine(levels, learner=learner, labeler=first.labeler(learning))
         for level in levels:
-            level.phase = phase
+            level.phase = phase - start
         mu = _mu(world, top_calls)
         run = PhaseRun()
         for request in stream:
@@ -259,13 +365,11 @@ def run_scenario(
     scenario: Scenario, learning: LearningConfig, n_orders: int, top_calls: float
 ) -> dict[str, Any]:
     """Every configuration on every phase, `n_orders` random orders each."""
-    first = scenario.phases[0]
-    rules = all_rules(len(first.levels))
-    phase_streams = [
-        [orders(first.requests, n_orders * len(scenario.phases))[o * len(scenario.phases) + p]
-         for p in range(len(scenario.phases))]
-        for o in range(n_orders)
-    ]  # fmt: skip
+    n_phases = len(scenario.phases)
+    # Order o, phase p: a shuffle of that phase's population of its own.
+    shuffles = [orders(world.requests, n_orders * n_phases) for world in scenario.phases]
+    phase_streams = [[shuffles[p][o * n_phases + p] for p in range(n_phases)]
+                     for o in range(n_orders)]  # fmt: skip
     learned = [router_phases(scenario, learning, s, top_calls, seed=o)
                for o, s in enumerate(phase_streams)]  # fmt: skip
     frozen = [router_phases(scenario, learning, s, top_calls, PriorOnly, seed=o)
@@ -294,10 +398,11 @@ def run_scenario(
     phases = []
     for p, world in enumerate(scenario.phases):
         mu = _mu(world, top_calls)
-        top_usd = world.mean_cost(len(world.levels) - 1) * len(first.requests)
+        top_usd = world.mean_cost(len(world.levels) - 1) * len(world.requests)
         streams = [s[p] for s in phase_streams]
+        rules = all_rules(len(world.levels))
         best = [best_rule_run(rules, world, s, mu) for s in streams]
-        fixed = [rule_run(first.fixed_rule(), world, s, mu) for s in streams]
+        fixed = [rule_run(world.fixed_rule(), world, s, mu) for s in streams]
         rows = [_row("learned router", [r[p] for r in learned], top_usd),
                 _row("frozen prior (no learning)", [r[p] for r in frozen], top_usd)]  # fmt: skip
         if honest is not None:
@@ -332,6 +437,7 @@ def adapt_bench(
     n_orders: int = 5,
     top_calls: float = 3.3,
     learning: LearningConfig | None = None,
+    extras: Extras | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The scenario table as text, and its payload."""
     base = learning or LearningConfig()
@@ -346,20 +452,24 @@ def adapt_bench(
         f"per request (tail: the phase's last {TAIL})",
     ]
     for name in names:
-        built = scenario(name, world)
+        built = scenario(name, world, extras)
         if isinstance(built, Skipped):
             lines.append(f"\n{name}: skipped: {built.why}")
             results.append({"scenario": name, "skipped": built.why})
             continue
         # An outage fails a level on every request it is tried on: a warning
         # each in the service, thousands of lines in a bench.
-        routed = logging.getLogger("streamcascade.cascade.routed")
-        level_before = routed.level
-        routed.setLevel(logging.ERROR)
+        # A level joining is logged once per restart: once per order and run here.
+        names = ("streamcascade.cascade.routed", "streamcascade.learning.route_learner")
+        quiet = [logging.getLogger(name) for name in names]
+        levels_before = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
         try:
             result = run_scenario(built, base, n_orders, top_calls)
         finally:
-            routed.setLevel(level_before)
+            for logger, level in zip(quiet, levels_before, strict=True):
+                logger.setLevel(level)
         results.append(result)
         lines.append(f"\n{name}: {built.what}")
         lines.append(f"  {'phase / configuration':<40} {'pass@1 %':>9} {'cost %':>8} "
