@@ -180,7 +180,7 @@ def test_route_learner_state_round_trips_and_then_decides_identically() -> None:
     again = RouteLearner(learning, _level_configs(3))
     again.load_state_dict(saved)
     assert again.state_dict() == learner.state_dict()
-    assert again.mu == learner.mu and again.top_calls != 3.3  # the budget moved it
+    assert again.mu == learner.mu and again.top_surcharge != 1.0  # the budget moved it
     probe = RouteState({})
     probe.add(Observation(0, True, 1.0, 1, 50, 1e-5), {})
     decisions = [learner.decide(probe, learner.mu, learner.expected_costs()) for _ in range(20)]
@@ -436,3 +436,56 @@ def test_a_snapshot_of_a_shorter_ladder_restores_with_the_newcomer_cold() -> Non
     for names in (("big", "small"), ("small", "big", "bigger"), ("small",)):
         with pytest.raises(SnapshotMismatch, match="levels"):
             RouteLearner(learning, configs(*names)).load_state_dict(saved)
+
+
+def test_feedback_counts_by_how_often_it_agrees_with_the_routers_own_verdicts() -> None:
+    """Lying Feedback is bounded: Feedback that contradicts what the router saw
+    (labels, pass bits) earns less weight, and a coin's worth earns none."""
+    learning = LearningConfig(enabled=True, router=RouterConfig(explore_floor=0.0))
+
+    def fed(lie_share: float, seed: int) -> RouteLearner:
+        learner = RouteLearner(learning, _level_configs(2))
+        rng = random.Random(seed)
+        for i in range(300):
+            state = learner.begin(CodeRequest(id=f"r{i}", prompt="def f(x):\n    pass\n",
+                                              entry_point="f"))  # fmt: skip
+            passed = rng.random() < 0.7
+            state.add(Observation(0, True, float(passed), 1, 50, 1e-5), {})
+            learner.finish(f"r{i}", state, {}, 0)
+            lies = rng.random() < lie_share
+            learner.learn_one(Feedback(id=f"r{i}", passed=passed != lies))
+        return learner
+
+    honest, liar, coin = fed(0.0, 1), fed(0.2, 1), fed(0.5, 1)
+    assert honest.feedback_weight() == 1.0
+    assert 0.5 < liar.feedback_weight() < 0.9
+    assert coin.feedback_weight() < 0.15
+    probe = RouteState({})
+    probe.add(Observation(0, True, 1.0, 1, 50, 1e-5), {})
+    # Honest Feedback taught the router that passing answers are right; a coin's
+    # worth of it taught it little.
+    assert honest.router.quality_of(probe, 0) > coin.router.quality_of(probe, 0)
+    assert honest.gauges()["feedback_weight"] == 1.0
+    again = RouteLearner(learning, _level_configs(2))
+    again.load_state_dict(json.loads(json.dumps(liar.state_dict())))
+    assert again.feedback_weight() == liar.feedback_weight()
+
+
+def test_a_top_share_budget_holds_when_the_top_is_the_cheapest_level() -> None:
+    """Prices move: the top becomes cheaper than the level below it. A share
+    budget steered on mu would then send more requests up; steered on the
+    top's own cost, it holds."""
+    learning = LearningConfig(enabled=True, budget_top_share=0.3)
+    learner = RouteLearner(learning, _level_configs(2))
+    rng = random.Random(5)
+    reached = []
+    for i in range(800):
+        state = learner.begin(CodeRequest(id=f"r{i}", prompt="def f(x):\n    pass\n",
+                                          entry_point="f"))  # fmt: skip
+        while (m := learner.decide(state, learner.mu, learner.expected_costs())) is not None:
+            cost = 1e-3 if m == 0 else 1e-4  # the top is ten times cheaper
+            state.add(Observation(m, True, float(rng.random() < 0.6), 1, 50, cost), {})
+        learner.finish(f"r{i}", state, {}, learner.answer(state))
+        reached.append(1 in state.ran)
+    share = sum(reached[-400:]) / 400
+    assert abs(share - 0.3) < 0.05, share

@@ -37,9 +37,12 @@ from streamcascade.schemas import CodeRequest, Feedback
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+_TRUSTED_AGREEMENT = 0.9
 # 2: the router learns each level's gain ("gain"), not its ex-ante quality ("value").
 # How far the budget may push the weight of a wrong answer, in top calls.
 _CALLS_RANGE = (0.05, 1000.0)
+# ... and the factor a share budget may put on the top's cost.
+_SURCHARGE_RANGE = (0.01, 1000.0)
 
 
 def prior_cost_usd(level: LevelConfig) -> float:
@@ -56,6 +59,9 @@ class PendingAnswer:
 
     state: dict[str, Any]
     position: int
+    verdict: bool | None = None
+    """What the router itself held of the published answer: its label
+    (imitation or reference) if it had one, else whether it passed its tests."""
 
 
 def state_to_dict(state: RouteState) -> dict[str, Any]:
@@ -120,6 +126,10 @@ class RouteLearner:
         for mean, level in zip(self.costs, levels, strict=True):
             mean.value = prior_cost_usd(level)  # until it has run: the first cost replaces it
         self.top_calls = settings.top_calls_per_wrong_answer
+        self.top_surcharge = 1.0
+        """`budget_top_share`: the factor on the top's cost the router decides with.
+        A share is steered on the top's own price, not on mu: when the top is the
+        cheapest level (prices move), a larger mu would send more requests there."""
         self.budget_mean = RunningMean()
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(self.n_levels)]
         self.pending: OrderedDict[str, PendingAnswer] = OrderedDict()
@@ -127,6 +137,10 @@ class RouteLearner:
         self.n_labels = 0
         self.n_feedback = 0
         self.n_feedback_unmatched = 0
+        # How often Feedback agrees with the router's own verdicts: Feedback
+        # counts by it, and Feedback no better than a coin counts for nothing.
+        self.feedback_agreement = RunningMean(alpha=0.01, warmup=100)
+        self.feedback_agreement.value, self.feedback_agreement.n = _TRUSTED_AGREEMENT, 20
         self.n_drifts = 0
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         """Called with each learning event (see `apply_event`), e.g. to share it."""
@@ -143,7 +157,9 @@ class RouteLearner:
         return 1.0 / (self.top_calls * top_cost)
 
     def expected_costs(self) -> list[float]:
-        return [mean.value for mean in self.costs]
+        costs = [mean.value for mean in self.costs]
+        costs[-1] *= self.top_surcharge
+        return costs
 
     # -- acting --------------------------------------------------------------------
 
@@ -171,7 +187,11 @@ class RouteLearner:
         self._learn(state, labels)
         route = state_to_dict(state)
         self.last = (route, dict(labels))
-        self._remember(request_id, PendingAnswer(route, published))
+        verdict = labels.get(published)
+        if verdict is None and published in state.observations:
+            observation = state.observations[published]
+            verdict = observation.has_answer and observation.score >= 1.0
+        self._remember(request_id, PendingAnswer(route, published, verdict))
         if self.on_event is not None:
             self.on_event(
                 {
@@ -210,21 +230,23 @@ class RouteLearner:
         self._steer(state)
 
     def _steer(self, state: RouteState) -> None:
-        """Dual ascent on the budget: while the running mean of the spend (or of
-        the share reaching the top) is over target, a wrong answer weighs fewer
-        top calls, so the router calls the top less."""
+        """Dual ascent on the budget: while the running mean of the spend is over
+        target, a wrong answer weighs fewer top calls, so cost counts for more;
+        while the share reaching the top is over target, the top's cost is
+        surcharged, so the router calls it less, whatever the levels' prices."""
         config = self.config
         if config.budget_usd_per_request is not None:
             target = config.budget_usd_per_request
             self.budget_mean.update(sum(o.cost_usd for o in state.observations.values()))
+            signal = max(-1.0, min(1.0, self.budget_mean.value / target - 1.0))
+            calls = self.top_calls * math.exp(-config.budget_step * signal)
+            self.top_calls = min(_CALLS_RANGE[1], max(_CALLS_RANGE[0], calls))
         elif config.budget_top_share is not None:
             target = config.budget_top_share
             self.budget_mean.update(float(self.n_levels - 1 in state.observations))
-        else:
-            return
-        signal = max(-1.0, min(1.0, self.budget_mean.value / target - 1.0))
-        calls = self.top_calls * math.exp(-config.budget_step * signal)
-        self.top_calls = min(_CALLS_RANGE[1], max(_CALLS_RANGE[0], calls))
+            signal = max(-1.0, min(1.0, self.budget_mean.value / target - 1.0))
+            surcharge = self.top_surcharge * math.exp(config.budget_step * signal)
+            self.top_surcharge = min(_SURCHARGE_RANGE[1], max(_SURCHARGE_RANGE[0], surcharge))
 
     def _remember(self, request_id: str, pending: PendingAnswer) -> None:
         self.pending[request_id] = pending
@@ -243,9 +265,25 @@ class RouteLearner:
             log.warning("feedback for unknown or expired answer %s: not learned", feedback.id)
             return False
         state = state_from_dict(pending.state)
-        self.router.observe_quality(state, {pending.position: feedback.passed})
+        if pending.verdict is not None:
+            self.feedback_agreement.update(float(pending.verdict == feedback.passed))
+        weight = self.feedback_weight()
+        if weight > 0:
+            self.router.observe_quality(state, {pending.position: feedback.passed}, weight)
         self.n_labels += 1
         return True
+
+    def feedback_weight(self) -> float:
+        """What one Feedback record counts for, against one label of the router's
+        own: 2a - 1 for the share a of Feedback that agrees with the router's own
+        verdicts, over 0.9 agreement (what honest Feedback shows against
+        imitation labels and pass bits, both imperfect) scaled to 1. A source
+        that lies on a share e of its records agrees about (1 - e) as often as
+        an honest one, so its weight, and what it can move, shrinks with e, and
+        is 0 at e = 0.5: the harm lying Feedback can do is bounded by the weight
+        it earned by agreeing."""
+        agreement = self.feedback_agreement.value
+        return max(0.0, min(1.0, (2 * agreement - 1) / (2 * _TRUSTED_AGREEMENT - 1)))
 
     def gauges(self) -> dict[str, float]:
         return {
@@ -254,6 +292,7 @@ class RouteLearner:
             "feedback": self.n_feedback,
             "drift_alarms": self.n_drifts,
             "mu_per_usd": self.mu,
+            "feedback_weight": self.feedback_weight(),
             "top_calls_per_wrong_answer": self.top_calls,
             "forced_explorations": self.router.n_forced,
         }
@@ -269,7 +308,9 @@ class RouteLearner:
             "router": self.router.state_dict(),
             "costs": [[m.value, m.n] for m in self.costs],
             "top_calls": self.top_calls,
+            "top_surcharge": self.top_surcharge,
             "budget_mean": [self.budget_mean.value, self.budget_mean.n],
+            "feedback_agreement": [self.feedback_agreement.value, self.feedback_agreement.n],
             "drift": [d.state_dict() for d in self.drift],
             "counters": {
                 "n_requests": self.n_requests,
@@ -297,8 +338,11 @@ class RouteLearner:
             mean.value, mean.n = float(value), int(n)
             self.costs.append(mean)
         self.top_calls = float(state["top_calls"])
+        self.top_surcharge = float(state["top_surcharge"])
         self.budget_mean.value = float(state["budget_mean"][0])
         self.budget_mean.n = int(state["budget_mean"][1])
+        self.feedback_agreement.value = float(state["feedback_agreement"][0])
+        self.feedback_agreement.n = int(state["feedback_agreement"][1])
         self.drift = [DriftMonitor.from_state_dict(d) for d in state["drift"]]
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
