@@ -85,6 +85,10 @@ def test_shipped_configs_load() -> None:
     learning = load_config(configs / "learning.yaml").learning
     assert learning.enabled and learning.policy == "router" and not learning.memory.enabled
     assert learning.router.top_calls_per_wrong_answer == 3.3
+    # The service learns with the router; the embedded default does not learn.
+    service = load_config(configs / "kafka.yaml").learning
+    assert service.enabled and service.policy == "router" and not service.memory.enabled
+    assert not load_config(None).learning.enabled
     from streamcascade.ladder import parse_ladder_spec
 
     for path in sorted((configs / "ladders").glob("*.yaml")):
