@@ -489,3 +489,27 @@ def test_a_top_share_budget_holds_when_the_top_is_the_cheapest_level() -> None:
         reached.append(1 in state.ran)
     share = sum(reached[-400:]) / 400
     assert abs(share - 0.3) < 0.05, share
+
+
+def test_a_version_1_snapshot_restores_its_quality_estimates_with_the_gains_at_the_prior() -> None:
+    learning = LearningConfig(enabled=True)
+    learner = RouteLearner(learning, _level_configs(3))
+    for i in range(30):
+        state = RouteState({})
+        state.add(Observation(0, True, float(i % 2), 1, 50, 1e-5), {})
+        state.add(Observation(2, True, 1.0, 1, 50, 1e-3), {0: i % 2 == 1})
+        learner.finish(f"r{i}", state, {0: i % 2 == 1}, 2)
+    v2 = json.loads(json.dumps(learner.state_dict()))
+    # What a version-1 snapshot held: ex-ante "value" estimators, no gains.
+    router = {k: v for k, v in v2["router"].items() if k not in ("gain", "spread_in")}
+    router["value"] = v2["router"]["gain"]
+    v1 = {k: v for k, v in v2.items() if k not in ("levels", "top_surcharge",
+                                                    "feedback_agreement")}  # fmt: skip
+    v1 |= {"version": 1, "router": router}
+    again = RouteLearner(learning, _level_configs(3))
+    again.load_state_dict(v1)
+    restored = again.state_dict()
+    assert restored["router"]["quality"] == v2["router"]["quality"]
+    assert restored["costs"] == v2["costs"] and again.n_requests == 30
+    assert restored["router"]["gain"] == RouteLearner(learning, _level_configs(3)).state_dict()[
+        "router"]["gain"]  # fmt: skip

@@ -326,6 +326,8 @@ class RouteLearner:
         A snapshot of a ladder that lacked some of this one's levels below the
         top (a model joined) restores what it knows, and the newcomers start
         from the prior."""
+        if state.get("kind") == "route" and state.get("version") == 1:
+            state = upgrade_v1(state)
         names = [level.name for level in self.levels]
         saved = state.get("levels", names if state.get("n_levels") == self.n_levels else None)
         joined = joined_positions(saved, names) if saved is not None else []
@@ -354,6 +356,19 @@ class RouteLearner:
             self.drift.insert(position, DriftMonitor(self.config.drift_delta))
             log.info("level %s joined the ladder at position %d: it starts from the prior",
                      names[position], position)  # fmt: skip
+
+
+def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 snapshot as version 2: what it learned of the answers'
+    quality, the costs and the budget is kept; version 1 learned each level's
+    ex-ante quality, not its gain, so the gains start at the prior."""
+    n = int(state["n_levels"])
+    fresh = CascadeRouter(RouterSettings(n_levels=n)).state_dict()
+    router = {**state["router"], "gain": fresh["gain"], "spread": fresh["spread"],
+              "spread_in": fresh["spread_in"]}  # fmt: skip
+    router.pop("value", None)
+    return {**state, "version": 2, "router": router, "top_surcharge": 1.0,
+            "feedback_agreement": [_TRUSTED_AGREEMENT, 20]}  # fmt: skip
 
 
 def joined_positions(saved: Sequence[str], names: Sequence[str]) -> list[int]:
