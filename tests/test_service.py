@@ -191,6 +191,42 @@ def test_exactly_once_learns_from_feedback_and_snapshots_its_state(
     assert again.stats.restored_from == n
 
 
+def test_feedback_from_the_broker_teaches_the_cheap_learner_that_answered(
+    kafka: LocalKafka, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A label stream through `serve` on a real broker: the river level learns
+    the top's labels, answers what it is sure of, and Feedback on one of its
+    answers, read from the feedback topic, teaches it, with no policy learning."""
+    from test_cheap_learner import _stream, _write
+
+    requests = _stream(400)
+    stream = _write(requests, tmp_path / "labels.jsonl")
+    config = replay_config(tmp_path, kafka, 1, max_in_flight=8)
+    levels = [
+        {"name": "cheap", "backend": {"kind": "river", "min_support": 10}, "threshold": 0.9,
+         "t_test_generations": 0},
+        {"name": "top", "backend": {"kind": "replay", "format": "ladder", "path": str(stream)},
+         "threshold": 0.0, "t_test_generations": 0, "price_in_usd_per_1m": 10.0},
+    ]  # fmt: skip
+    config = AppConfig.model_validate({**config.model_dump(mode="json"), "levels": levels})
+    ensure_topics(config.kafka)
+    topics = config.kafka.topics
+    feed(config.kafka, [r.model_dump_json().encode() for r in requests])
+    with running(config, sandbox) as service:
+        wait_for(lambda: service.stats.n_answers >= len(requests))
+        answers = [json.loads(r.value or b"")
+                   for r in follow(config.kafka, topics.answers, idle_timeout_s=3)]  # fmt: skip
+        own = [a for a in answers if a["level"] == 1]
+        assert own, "the cheap level answered nothing of 400"
+        river = service.engine.levels[0].backend.backend()  # type: ignore[attr-defined]
+        n_learned = river.labeler.n_learned
+        feedback = json.dumps({"id": own[-1]["id"], "passed": True, "source": "ci"}).encode()
+        feed(config.kafka, [feedback], topics.feedback)
+        wait_for(lambda: service.stats.n_feedback >= 1)
+        wait_for(lambda: river.labeler.n_learned == n_learned + 1, 30)
+    assert service.stats.n_feedback_learned == 1
+
+
 # -- bad input, generated -------------------------------------------------------------
 
 _GOOD = json.loads(request_json(0))
