@@ -317,15 +317,23 @@ def _bench_adapt(args: argparse.Namespace, out_dir: Path, grader_config: Any) ->
     progress = lambda items, label: _progress(items, label, not args.no_progress)  # noqa: E731
     with Sandbox(probe_config) as sandbox, Sandbox(grader_config) as grader:
         world = LadderWorld(config, requests, sandbox, grader, progress)
+        # Only what the chosen scenarios use is built: each costs minutes.
+        scenarios = args.scenario or SCENARIOS
         second = None
-        if args.mix_ladder:
+        if args.mix_ladder and "mix" in scenarios:
+            if not args.mix_models:
+                raise UsageError("--mix-ladder needs --mix-models (as --models, for its models)")
             mix_args = argparse.Namespace(**{**vars(args), "ladder": args.mix_ladder,
                                              "models": args.mix_models, "limit": None})  # fmt: skip
             mix_config, mix_requests = _ladder(mix_args, out_dir)
             second = LadderWorld(mix_config, mix_requests, sandbox, grader, progress)
-        self_tested = _self_tested_level(args, world, sandbox) if args.codet else None
+        self_tested = (
+            _self_tested_level(args, world, sandbox)
+            if args.codet and "self-tests" in scenarios
+            else None
+        )
         text, payload = adapt_bench(
-            world, args.scenario or SCENARIOS, n_orders=args.orders,
+            world, scenarios, n_orders=args.orders,
             top_calls=1.0 / args.weight, learning=learning,
             extras=Extras(second=second, self_tested=self_tested),
         )  # fmt: skip
@@ -354,7 +362,10 @@ def _self_tested_level(args: argparse.Namespace, world: Any, sandbox: Any) -> An
             f"--codet {directory}: no recordings for {len(missing)} of the ladder's tasks "
             f"(first: {missing[0]}); the self-tests scenario needs every one"
         )
-    price_in, price_out = parse_price(args.codet_price or "0.30/0.30")
+    try:
+        price_in, price_out = parse_price(args.codet_price or "0.30/0.30")
+    except ValueError as error:
+        raise UsageError(f"--codet-price: {error}") from None
     config = LevelConfig(
         name="codegen-16b (own tests)",
         backend=ReplayBackendConfig(format="codet", path=directory, name="codegen-16b-mono"),

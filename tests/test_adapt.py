@@ -149,6 +149,15 @@ def test_bench_adapt_says_what_it_needs(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
                  "--codet", str(codet), "--no-progress", "--out-dir", str(out)]) != 0  # fmt: skip
     assert "no recordings for 3 of the ladder's tasks" in capsys.readouterr().err
+    ok = ["bench", "--adapt", "--ladder", str(ladder), "--models", "small=1/1,big=2/2",
+          "--no-progress", "--out-dir", str(out)]  # fmt: skip
+    assert main([*ok, "--scenario", "mix", "--mix-ladder", str(ladder)]) != 0
+    assert "--mix-ladder needs --mix-models" in capsys.readouterr().err
+    good_codet = _codet(tmp_path / "codet-ok", n_tasks=3)
+    assert main([*ok, "--scenario", "self-tests", "--codet", str(good_codet),
+                 "--codet-price", "abc"]) != 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--codet-price: price 'abc' is not PRICE_IN/PRICE_OUT" in err and "internal" not in err
 
 
 @pytest.mark.slow
