@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamcascade.backends import BackendError
-from streamcascade.benchtools.learnbench import LadderWorld, orders
+from streamcascade.benchtools.learnbench import LadderWorld, level_verdicts, orders
 from streamcascade.benchtools.routebench import (
     PriorOnly,
     Rule,
@@ -45,7 +45,7 @@ from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
 from streamcascade.learning.route_learner import RouteLearner
 from streamcascade.schemas import CodeRequest, Feedback
-from streamcascade.tasks import LevelOutcome, grade_all
+from streamcascade.tasks import LevelOutcome
 
 SCENARIOS = ("swap", "degrade", "join", "outage", "price", "mix", "self-tests", "poison")
 TAIL = 100
@@ -140,15 +140,7 @@ def only(world: LadderWorld, names: Sequence[str]) -> LadderWorld:
 
 def replaced(world: LadderWorld, position: int, level: Level) -> LadderWorld:
     """The same world with `level` answering at `position` (graded here, once)."""
-    outcomes = {r.id: level.step([r])[0] for r in world.requests}
-    graded = grade_all(world.grader, [(r, outcomes[r.id].code) for r in world.requests])
-    correct = {r.id: bool(g) for r, g in zip(world.requests, graded, strict=True)}
-    passes = {
-        r.id: outcomes[r.id].attempt.best_solution_index is not None
-        and outcomes[r.id].attempt.score >= 1.0
-        for r in world.requests
-    }
-    cost = {r.id: outcomes[r.id].attempt.cost_usd for r in world.requests}
+    correct, passes, cost = level_verdicts(level, world.requests, world.requests, world.grader)
     return _view(world, position, level, correct, passes, cost)
 
 

@@ -95,6 +95,24 @@ class RegretMeter:
         return self.thresholds[min(range(len(self.thresholds)), key=self.expert_loss.__getitem__)]
 
 
+def level_verdicts(
+    level: Level, stepped: Iterable[CodeRequest], requests: Sequence[CodeRequest], grader: Sandbox
+) -> tuple[dict[str, bool], dict[str, bool], dict[str, float]]:
+    """One level's answer to each request (`stepped`: the same requests, perhaps
+    wrapped in a progress bar): whether it is right on the hidden tests, whether
+    it passes its own tests (what a fixed rule sees), and its cost."""
+    outcomes = {r.id: level.step([r])[0] for r in stepped}
+    graded = grade_all(grader, [(r, outcomes[r.id].code) for r in requests])
+    correct = {r.id: bool(g) for r, g in zip(requests, graded, strict=True)}
+    passes = {
+        r.id: outcomes[r.id].attempt.best_solution_index is not None
+        and outcomes[r.id].attempt.score >= 1.0
+        for r in requests
+    }
+    cost = {r.id: outcomes[r.id].attempt.cost_usd for r in requests}
+    return correct, passes, cost
+
+
 class LadderWorld:
     """Every level's cached attempt and its hidden-test verdict, per task."""
 
@@ -117,17 +135,12 @@ class LadderWorld:
         self.passes: list[dict[str, bool]] = []
         """Whether each level's answer passes its own tests (what a fixed rule sees)."""
         for level in self.levels:
-            outcomes = {r.id: level.step([r])[0] for r in wrap(self.requests, level.name)}
-            graded = grade_all(grader, [(r, outcomes[r.id].code) for r in self.requests])
-            self.correct.append({r.id: bool(g) for r, g in zip(self.requests, graded, strict=True)})
-            self.cost.append({r.id: outcomes[r.id].attempt.cost_usd for r in self.requests})
-            self.passes.append(
-                {
-                    r.id: outcomes[r.id].attempt.best_solution_index is not None
-                    and outcomes[r.id].attempt.score >= 1.0
-                    for r in self.requests
-                }
+            correct, passes, cost = level_verdicts(
+                level, wrap(self.requests, level.name), self.requests, grader
             )
+            self.correct.append(correct)
+            self.passes.append(passes)
+            self.cost.append(cost)
         self.top_cost_usd = sum(self.cost[-1].values())
         # One labeler per label source, shared by every run: its cache of
         # imitation verdicts is what makes five orders cheap.
