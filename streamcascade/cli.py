@@ -290,6 +290,7 @@ def _bench_labels(args: argparse.Namespace, out_dir: Path) -> int:
         report = label_stream_bench(
             path, threshold=args.threshold, limit=args.limit,
             progress=lambda items, label: _progress(items, label, not args.no_progress),
+            router=args.learn, top_calls_per_wrong_answer=1.0 / args.weight,
         )  # fmt: skip
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -849,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         "default all)",
     )  # fmt: skip
     labels_help = "a label stream (JSONL of label requests with reference_label, in order) "
-    labels_help += "through the cheap learner (river) below its own labels replayed as the top"
+    labels_help += "through the cheap learner (river) below its own labels replayed as the top "
+    labels_help += "(with --learn the learned router decides, at --weight)"
     bench.add_argument("--labels", metavar="FILE", help=labels_help)
     bench.add_argument(
         "--threshold", type=float, default=0.95, help="--labels: the cheap level's threshold"
@@ -864,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weight_help = "--learn: mu, as the wrong answers one top-level call is worth (1 / the "
     weight_help += "top calls one wrong answer is worth)"
-    bench.add_argument("--weight", type=float, default=0.3, help=weight_help)
+    bench.add_argument("--weight", type=_positive_float, default=0.3, help=weight_help)
     bench.add_argument("--out-dir", default="bench-out", help="where JSON and PNG go")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=cmd_bench)

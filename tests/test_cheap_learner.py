@@ -198,6 +198,23 @@ def test_on_the_real_commit_stream_the_cheap_learner_meets_its_target(shared_dat
     assert last["accuracy_vs_top"] >= 0.98 and last["cost_share_of_top"] <= 0.70
 
 
+def test_on_the_real_commit_stream_the_router_lets_the_cheap_learner_answer(
+    shared_data: Path,
+) -> None:
+    """On the router path (a wrong label weighs 10 top calls) the cheap learner
+    answers labels too: the router reads its confidence on the log-odds scale."""
+    stream = shared_data / "commit-stream-vue" / "requests.jsonl"
+    if not stream.exists():
+        pytest.skip(f"{stream} not found")
+    report = label_stream_bench(stream, router=True, top_calls_per_wrong_answer=10.0)
+    print("\n" + report.table())
+    last = report.as_dict()["last_1000"]
+    # Measured: 30.9 % at 93.2 %, accuracy 97.9 %, cost 62.4 % (the threshold
+    # path above: 32.4 % at 95.1 %, 98.4 %, 60.2 %).
+    assert last["cheap_share"] >= 0.25 and last["cheap_precision"] >= 0.9
+    assert last["accuracy_vs_top"] >= 0.97 and last["cost_share_of_top"] <= 0.70
+
+
 def test_bench_labels_prints_the_table_and_writes_json_and_a_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,6 +225,10 @@ def test_bench_labels_prints_the_table_and_writes_json_and_a_plot(
     assert main(["bench", "--labels", str(stream), "--out-dir", str(out), "--no-progress"]) == 0
     assert "cheap answers" in capsys.readouterr().out
     assert json.loads((out / "labels.json").read_text())["all"]["requests"] == 300
+    argv = ["bench", "--labels", str(stream), "--learn", "--weight", "0.1", "--out-dir", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "the learned router decides" in capsys.readouterr().out
+    assert json.loads((out / "labels.json").read_text())["policy"] == "router"
     assert (out / "labels-share.png").stat().st_size > 0
     not_labels = tmp_path / "code.jsonl"
     not_labels.write_text(CodeRequest(id="f", prompt="def f(): ...", entry_point="f")

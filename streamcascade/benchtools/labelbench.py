@@ -26,7 +26,13 @@ from typing import Any
 from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.backends.river_backend import RiverBackendConfig
 from streamcascade.cascade.build import build_engine
-from streamcascade.config import AppConfig, LearningConfig, LevelConfig, SandboxConfig
+from streamcascade.config import (
+    AppConfig,
+    LearningConfig,
+    LevelConfig,
+    RouterConfig,
+    SandboxConfig,
+)
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CascadeAnswer, CodeRequest
 
@@ -40,7 +46,10 @@ class LabelOutcome:
     """One request: who answered, what, and what the top's label was."""
 
     level: int
-    """1: the cheap learner; 2: the top."""
+    """Who published the answer. 1: the cheap learner; 2: the top."""
+    top_called: bool
+    """Whether the top ran for it (the router may run it and still publish the
+    cheap learner's answer, when the two agree)."""
     label: str | None
     top_label: str
     cost_usd: float
@@ -54,13 +63,17 @@ class LabelStreamReport:
     threshold: float
     outcomes: list[LabelOutcome]
     window: int
+    policy: str = "threshold"
+    """threshold: the cheap level answers at its threshold; router: the learned
+    router decides, at `top_calls_per_wrong_answer`."""
+    top_calls_per_wrong_answer: float | None = None
     tail: int = 1000
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @staticmethod
     def _share(part: Sequence[LabelOutcome]) -> tuple[float, float | None]:
-        cheap = [o for o in part if o.level == 1]
+        cheap = [o for o in part if not o.top_called]
         precision = sum(o.label == o.top_label for o in cheap) / len(cheap) if cheap else None
         return len(cheap) / max(1, len(part)), precision
 
@@ -86,6 +99,8 @@ class LabelStreamReport:
         return {
             "stream": self.name,
             "threshold": self.threshold,
+            "policy": self.policy,
+            "top_calls_per_wrong_answer": self.top_calls_per_wrong_answer,
             "all": self.summary(self.outcomes),
             f"last_{self.tail}": self.summary(last),
             "windows": curve,
@@ -103,7 +118,12 @@ class LabelStreamReport:
             f"{self.name}: {len(self.outcomes)} label requests, cheap learner (river) then "
             f"the top (the stream's own labels replayed, priced as a large model at "
             f"${TOP_PRICE_USD_PER_1M[0]:g}/${TOP_PRICE_USD_PER_1M[1]:g} per 1M tokens); "
-            f"threshold {self.threshold:g}",
+            + (
+                f"the learned router decides (a wrong label weighs "
+                f"{self.top_calls_per_wrong_answer:g} top calls)"
+                if self.policy == "router"
+                else f"threshold {self.threshold:g}"
+            ),
             f"{'requests':>16} {'cheap answers':>14} {'its precision':>14} "
             f"{'accuracy':>9} {'cost vs top':>12}",
         ]
@@ -123,9 +143,14 @@ class LabelStreamReport:
         return "\n".join(lines)
 
 
-def label_config(path: Path, threshold: float, learn: bool = False) -> AppConfig:
-    """Two levels: the cheap learner, and the stream's labels as the top."""
+def label_config(
+    path: Path, threshold: float, learn: bool = False, top_calls_per_wrong_answer: float = 10.0
+) -> AppConfig:
+    """Two levels: the cheap learner, and the stream's labels as the top;
+    `learn`: the learned router decides who answers (the level's threshold is
+    then not consulted)."""
     price_in, price_out = TOP_PRICE_USD_PER_1M
+    router = RouterConfig(top_calls_per_wrong_answer=top_calls_per_wrong_answer)
     return AppConfig(
         levels=[
             LevelConfig(name="cheap", backend=RiverBackendConfig(), threshold=threshold,
@@ -136,7 +161,7 @@ def label_config(path: Path, threshold: float, learn: bool = False) -> AppConfig
                         price_in_usd_per_1m=price_in, price_out_usd_per_1m=price_out),
         ],
         sandbox=SandboxConfig(workers=1),
-        learning=LearningConfig(enabled=learn),
+        learning=LearningConfig(enabled=learn, policy="router", router=router),
     )  # fmt: skip
 
 
@@ -185,12 +210,16 @@ def label_stream_bench(
     limit: int | None = None,
     window: int = 500,
     progress: Progress | None = None,
+    router: bool = False,
+    top_calls_per_wrong_answer: float = 10.0,
 ) -> LabelStreamReport:
     """The cascade on the stream in its order, batch by batch (the cheap
     learner learns from each batch's top labels before the next batch), and
-    the top alone on the same stream for the cost it would have had."""
+    the top alone on the same stream for the cost it would have had.
+    `router`: the learned router decides instead of the cheap level's threshold."""
     requests = read_label_stream(path, limit)
-    config = label_config(path, threshold)
+    config = label_config(path, threshold, router, top_calls_per_wrong_answer)
+    top_level = len(config.levels)
     started = time.perf_counter()
     with Sandbox(config.sandbox) as sandbox:
         cascade = build_engine(config, sandbox).engine
@@ -201,6 +230,7 @@ def label_stream_bench(
     outcomes = [
         LabelOutcome(
             level=answer.level, label=answer.label,
+            top_called=any(attempt.level == top_level for attempt in answer.attempts),
             top_label=request.reference_label or "", cost_usd=answer.cost_usd,
             top_cost_usd=top.cost_usd,
         )
@@ -210,6 +240,8 @@ def label_stream_bench(
         name=path.parent.name if path.name == "requests.jsonl" else path.stem,
         threshold=threshold,
         outcomes=outcomes,
+        policy="router" if router else "threshold",
+        top_calls_per_wrong_answer=top_calls_per_wrong_answer if router else None,
         window=window,
         seconds=seconds,
     )

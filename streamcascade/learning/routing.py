@@ -114,7 +114,16 @@ def _logit(p: float) -> float:
 def _state_key(observation: Observation) -> str:
     if not observation.has_answer:
         return "N"
+    if observation.n_tests == 0 and 0.0 < observation.score < 1.0:
+        # An untested answer's score is its model's own confidence (a
+        # classifier's calibrated precision, an LLM's vote share), not a pass rate.
+        return "C"
     return "P" if observation.score >= 1.0 else "F"
+
+
+def _confidence(observation: Observation) -> float:
+    """A confidence on the log-odds scale, where 0.95 and 0.99 are far apart."""
+    return _logit(observation.score) / 4
 
 
 def quality_features(state: RouteState, j: int, view: Iterable[int]) -> dict[str, float]:
@@ -124,7 +133,9 @@ def quality_features(state: RouteState, j: int, view: Iterable[int]) -> dict[str
     # The own state is the intercept: no separate bias, so the prior can say
     # what the fixed rule says (passing its tests: likely right; failing: wrong).
     x = {f"s.{mine}": 1.0}
-    if own.has_answer and 0.0 < own.score < 1.0:
+    if mine == "C":
+        x["s.conf"] = _confidence(own)
+    elif own.has_answer and 0.0 < own.score < 1.0:
         x["s.partial"] = own.score
     if own.n_tests == 0:
         x["s.untested"] = 1.0
@@ -149,7 +160,10 @@ def value_features(
     ran = sorted(view)
     x = {"bias": 1.0}
     for i in ran:
-        x[f"o{i}.{_state_key(state.observations[i])}"] = 1.0
+        key = _state_key(state.observations[i])
+        x[f"o{i}.{key}"] = 1.0
+        if key == "C":
+            x[f"o{i}.conf"] = _confidence(state.observations[i])
     for i, k in itertools.combinations(ran, 2):
         same = state.agreement(i, k)
         x[f"a{i}.{k}.{'u' if same is None else ('a' if same else 'd')}"] = 1.0
@@ -164,7 +178,7 @@ def value_features(
 # up to 0.8 for later levels), one failing them (12 %) or missing is wrong; a
 # level's ex-ante quality starts near 60 %, with a spread of 0.35; the top
 # model passes its own tests three times in four.
-QUALITY_PRIOR = {"s.P": 1.0, "s.F": -2.0, "s.N": -4.0}
+QUALITY_PRIOR = {"s.P": 1.0, "s.F": -2.0, "s.N": -4.0, "s.C": 0.0, "s.conf": 4.0}
 SPREAD_PRIOR = 0.12
 VIEW_WINDOW = 50
 LOOKAHEAD = 1
@@ -183,6 +197,10 @@ def gain_prior(n_levels: int) -> dict[str, float]:
         prior[f"o{i}.P"] = _logit(0.55) - prior["bias"]
         prior[f"o{i}.F"] = _logit(0.75) - prior["bias"]
         prior[f"o{i}.N"] = _logit(0.75) - prior["bias"]
+        # After a confident answer: as after a failing one at 50 %, falling
+        # to 0.5 (no gain) as the confidence nears 99 %.
+        prior[f"o{i}.C"] = _logit(0.75) - prior["bias"]
+        prior[f"o{i}.conf"] = -0.95
     return prior
 
 
