@@ -305,3 +305,35 @@ def test_the_inbox_hands_feedback_to_the_engine_even_when_no_policy_learns() -> 
                   lambda work: work(), lambda *a: None, None, engine_learns)  # type: ignore[arg-type,return-value]  # fmt: skip
     assert inbox._apply([Feedback(id="a", passed=True)], [{"ignored": "no learner"}]) == (1, 0)
     assert [f.id for f in heard] == ["a"]
+
+
+def test_the_exemplar_prompt_shows_the_tops_labels_of_similar_requests_most_similar_last() -> None:
+    from streamcascade.benchtools.labelslice import cosine, exemplar_prompt, plain_prompt
+
+    assert cosine({"a": 1.0}, {"a": 2.0}) == pytest.approx(1.0)
+    assert cosine({"a": 1.0}, {"b": 1.0}) == 0.0 and cosine({}, {"a": 1.0}) == 0.0
+    requests = _stream(3)
+    huge = requests[2].model_copy(update={"prompt": "diff " + "x" * 20000})
+    prompt = exemplar_prompt(huge, [(requests[0], "fix"), (requests[1], "docs")])
+    roles = [m.role for m in prompt.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt.messages[4].content == "docs"  # the most similar comes last, nearest the question
+    assert len(prompt.messages[-1].content) < 9000 and "diff cut" in prompt.messages[-1].content
+    assert '"test"' in prompt.messages[-1].content  # the labels survive the cut
+    assert plain_prompt(requests[0]).messages[-1].content.startswith("Which kind")
+
+
+def test_the_label_slice_runs_the_real_small_model_plain_and_with_exemplars(
+    tmp_path: Path,
+) -> None:
+    """The real 0.5B model labels one request of a small stream both ways."""
+    from streamcascade.benchtools.labelslice import report, run_slice
+
+    stream = _write(_stream(12), tmp_path / "stream.jsonl")
+    rows, arms = run_slice(stream, start=10, n=2, model="qwen2.5-coder-0.5b-instruct-q4_k_m", k=2)
+    assert len(rows) == 2 and all(r.top_label in LABELS for r in rows)
+    assert arms["exemplar memory"].tokens_in > arms["plain prompt"].tokens_in > 0
+    table = report(rows, arms, "qwen")
+    assert "exemplar memory" in table and "river then the top" in table
+    with pytest.raises(ValueError, match="fewer than start"):
+        run_slice(stream, start=10, n=5, model="qwen2.5-coder-0.5b-instruct-q4_k_m")
