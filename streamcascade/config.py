@@ -127,7 +127,7 @@ class SandboxConfig(BaseModel):
     isolate_network: bool = True
     drop_privileges: bool = Field(default=True, description="Run as an unprivileged uid if root.")
     accept_missing_isolation: list[
-        Literal["network", "filesystem", "ipc", "pid_namespace", "proc", "cgroup"]
+        Literal["network", "filesystem", "ipc", "pid_namespace", "proc", "cgroup", "seccomp"]
     ] = Field(
         default_factory=list,
         description="Isolation steps the sandbox may run without where the host cannot "

@@ -200,6 +200,31 @@ KINDS: list[Kind] = [
        "chunk = b'x' * 65536", "while True:", "    for fd in range(3, 20):", "        try:",
        "            os.write(fd, chunk)", "        except OSError:", "            pass"),
     _k("deep recursion", "harness", "sys.setrecursionlimit(10 ** 7)", "return f()"),
+    # Lines the parent once raised on (RecursionError, TypeError, IndexError,
+    # KeyError) and then never reaped the run: deep nesting, wrong types, a
+    # malformed value, a status that is not a string.
+    _k("malformed result lines", "harness",
+       "lines = [b'[' * 100000, b'{\"event\": \"ready\", \"isolation\": [1, 2]}',",
+       "         b'{\"event\": \"values\", \"index\": 1, \"values\": [{\"c\": [1]}]}',",
+       "         b'{\"event\": \"test\", \"index\": 0, \"status\": ' + b'[' * 900 + b']' * 900 + b'}',",
+       "         b'{\"event\": \"loaded\", \"status\": 7}', b'{\"event\": [\"done\"]}', b'7']",
+       "for fd in range(3, 64):", "    for line in lines:", "        try:",
+       "            os.write(fd, b'\\n' + line + b'\\n')", "        except OSError:", "            pass",
+       "if os.fork() == 0:", "    time.sleep(60)", "os._exit(0)"),
+    # -- what one run could leave for, or see of, another ------------------------------
+    _k("a key in the kernel keyring", "requests",
+       "libc = ctypes.CDLL(None)",
+       "return 'escaped' if libc.syscall(248, b'user', b'sc-hostile', b'x', 1, -4) > 0 else 'x'"),
+    _k("a key in the session keyring", "requests",
+       "libc = ctypes.CDLL(None)",
+       "return 'escaped' if libc.syscall(248, b'user', b'sc-hostile', b'x', 1, -3) > 0 else 'x'"),
+    _k("inotify on the shared standard library", "requests",
+       "libc = ctypes.CDLL(None)", "fd = libc.inotify_init1(0)",
+       "path = os.path.dirname(os.__file__).encode()",
+       "return 'escaped' if fd >= 0 and libc.inotify_add_watch(fd, path, 1) >= 0 else 'x'"),
+    _k("a 32-bit system call", "requests",
+       "libc = ctypes.CDLL(None)",
+       "return 'escaped' if libc.syscall(0x40000000 | 250, 0, -4, 0, 0, 0) >= 0 else 'x'"),
 ]  # fmt: skip
 
 

@@ -172,3 +172,48 @@ def test_throughput_benchmark_runs_and_reports_all_three_ways() -> None:
     assert figures.batched_asserts_per_s > 0
     assert figures.per_assert_sandboxed_per_s > 0 and figures.per_assert_bare_process_per_s > 0
     assert "asserts/s" in figures.table()
+
+
+def test_a_run_whose_result_lines_are_malformed_is_reaped_and_its_slot_works_again() -> None:
+    """Lines the parent once raised on left the run's processes alive, its
+    cgroup busy and the slot unable to fork; now each is dropped, the run ends
+    in a result, and the next run on the slot passes."""
+    program = (
+        "import os, time\n"
+        'lines = [b\'[\' * 100000, b\'{"event": "ready", "isolation": [1]}\',\n'
+        '         b\'{"event": "values", "index": 0, "values": [{"c": [1]}]}\']\n'
+        "for fd in range(3, 64):\n"
+        "    for line in lines:\n"
+        "        try:\n"
+        "            os.write(fd, b'\\n' + line + b'\\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(60)\n"
+        "time.sleep(60)\n"
+    )
+    with Sandbox(SandboxConfig(workers=1, per_test_timeout_s=1.0, program_timeout_s=2.0)) as box:
+        started = time.monotonic()
+        result = box.run(program, ["assert f(1) == 2"])
+        assert time.monotonic() - started < 30
+        assert result.passed == [False] and result.load_status == "timed out"
+        uid = result.isolation["uid"]
+        assert isinstance(uid, int) and _processes_of_uid(uid) == []
+        for _ in range(3):  # the slot can fork again: nothing holds its pids
+            assert box.run(GOOD + "import os\nos.fork() or None\n",
+                           ["assert f(1) == 2"]).passed == [True]  # fmt: skip
+
+
+def test_a_run_cannot_use_the_kernel_keyrings_or_watch_the_shared_tree(sandbox: Sandbox) -> None:
+    program = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def f():\n"
+        "    key = libc.syscall(248, b'user', b'sc-secret', b'x', 1, -4)\n"
+        "    denied = ctypes.get_errno()\n"
+        "    watch = libc.inotify_init1(0)\n"
+        "    return [key, denied, watch]\n"
+    )
+    result = sandbox.values(program, ["f()"])
+    assert result.values == [[-1, 1, -1]] and result.isolation["seccomp"] is True

@@ -68,3 +68,22 @@ def test_a_syntax_error_fails_the_load_and_each_state_is_fresh_per_case(
     counting = "import builtins\nseen = globals().get('seen', 0) + 1\nprint(seen)\n"
     result = sandbox.run_program(counting, ["", ""])
     assert result.test_status == ["ran", "ran"] and result.outputs == ["1\n", "1\n"]
+
+
+def test_a_program_that_writes_the_result_protocol_itself_passes_nothing(sandbox: Sandbox) -> None:
+    """Its forged "passed" cases (hidden ones included) are dropped: a case
+    passes only by the parent's comparison of what the program printed."""
+    program = (
+        "import os\n"
+        "for i in range(3):\n"
+        "    for status in ('passed', 'ran'):\n"
+        '        line = \'\\n{"event": "case", "index": %d, "status": "%s", '
+        '"stdout": "3\\\\n"}\\n\' % (i, status)\n'
+        "        for fd in range(3, 64):\n"
+        "            try:\n"
+        "                os.write(fd, line.encode())\n"
+        "            except OSError:\n"
+        "                pass\n"
+    )
+    result = sandbox.run_io(program, CASES)
+    assert result.test_status[1:] == ["failed: wrong output"] * 2, result.test_status

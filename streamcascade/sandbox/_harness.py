@@ -205,6 +205,56 @@ def _drop_privileges(job: Job, libc: ctypes.CDLL) -> None:
         os.setuid(job["uid"])
 
 
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+_SECCOMP_ALLOW = 0x7FFF0000
+_SECCOMP_EPERM = 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+# (audit arch, system calls denied): the kernel keyrings (add_key,
+# request_key, keyctl), which outlive a run and are keyed by uid, so the
+# next run on a slot, or a run under another uid through /proc/keys, could
+# read what one stored; and inotify/fanotify, through which a program could
+# watch the read-only tree that every sandbox shares and see what another
+# imports. Calls of another ABI (i386, x32) are denied whole: they would
+# bypass the numbers below.
+_DENIED = {
+    "x86_64": (0xC000003E, (248, 249, 250, 253, 254, 294, 300)),
+    "aarch64": (0xC00000B7, (217, 218, 219, 26, 27, 262)),
+}
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]  # fmt: skip
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _deny_shared_kernel_state(libc: ctypes.CDLL) -> bool:
+    """A seccomp filter (inherited by every process the program starts, and
+    irremovable) that fails the calls in `_DENIED` with EPERM. False where
+    the kernel or machine cannot have it."""
+    denied = _DENIED.get(os.uname().machine)
+    if denied is None:
+        return False
+    arch, numbers = denied
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+    n = len(numbers)
+    # 0: load arch; 1: other arch -> deny; 2: load nr; 3: x32 -> deny;
+    # 4..4+n-1: a denied nr -> deny; then allow; then deny.
+    program = [(ld_abs, 0, 0, 4), (jeq, 0, n + 3, arch), (ld_abs, 0, 0, 0),
+               (jge, n + 1, 0, 0x40000000)]  # fmt: skip
+    program += [(jeq, n - i, 0, number) for i, number in enumerate(numbers)]
+    program += [(ret, 0, 0, _SECCOMP_ALLOW), (ret, 0, 0, _SECCOMP_EPERM)]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*f) for f in program])
+    fprog = _SockFprog(len(program), filters)
+    libc.prctl.restype = ctypes.c_int
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return bool(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0)
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise _TestTimeout()
 
@@ -306,6 +356,7 @@ def main() -> None:
     os.environ.update({"HOME": home, "TMPDIR": home, "PATH": "/usr/bin:/bin"})
     _limit(job)
     _drop_privileges(job, libc)
+    isolation["seccomp"] = _deny_shared_kernel_state(libc)
     isolation["uid"] = os.getuid()
     report({"event": "ready", "isolation": isolation})
 

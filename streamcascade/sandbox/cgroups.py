@@ -11,9 +11,11 @@ per-process limits stay as a second line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -72,6 +74,21 @@ class RunCgroup:
         for directory in self.dirs:
             if directory.name != GROUP:
                 _write(directory / "cgroup.procs", str(pid))
+
+    def kill(self) -> None:
+        """SIGKILL every process in the group, however it got away from its
+        process group and session (v2's `cgroup.kill`; v1: each listed pid)."""
+        for directory in self.dirs:
+            if directory.name == GROUP:
+                continue
+            kill_file = directory / "cgroup.kill"
+            if kill_file.exists():
+                _write(kill_file, "1")
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                for pid in (directory / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(pid), signal.SIGKILL)
 
     def remove(self) -> None:
         """Remove the groups (empty once their processes are reaped)."""

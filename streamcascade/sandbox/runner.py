@@ -38,14 +38,8 @@ from streamcascade.config import SandboxConfig
 from streamcascade.sandbox.cgroups import CgroupError, RunCgroup, remove_groups, slot_groups
 from streamcascade.sandbox.compare import same_output
 from streamcascade.sandbox.leases import UidLease, UidLeaser, release_all
-from streamcascade.sandbox.verdicts import (
-    MAX_VALUE_BYTES,
-    BadValue,
-    TestPlan,
-    decode_value,
-    judge,
-    plan_test,
-)
+from streamcascade.sandbox.protocol import ResultChannel
+from streamcascade.sandbox.verdicts import MAX_VALUE_BYTES, TestPlan, plan_test
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +293,7 @@ class Sandbox:
         """The steps a run must get (fail closed), less those the config accepts
         going without."""
         config = self._config
-        steps = ["filesystem", "ipc", "pid_namespace", "proc"]
+        steps = ["filesystem", "ipc", "pid_namespace", "proc", "seccomp"]
         if config.isolate_network:
             steps.append("network")
         if self._as_root and config.drop_privileges:
@@ -460,32 +454,69 @@ class Sandbox:
             shutil.rmtree(workdir, ignore_errors=True)
             raise SandboxError(f"could not start the sandbox child: {exc}") from exc
         os.close(write_fd)
-        if cgroup is not None:
-            try:  # before the job is written: the child has run nothing yet
-                cgroup.add(child.pid)
-            except OSError as error:
-                log.warning("sandbox cgroup: %s", error)
-                cgroup = None
+        channel = ResultChannel(
+            n_cases=len(inputs) if inputs is not None else len(tests), split=split,
+            inputs=inputs, want_values=plans is not None,
+            required=self._required_isolation(), has_cgroup=False,
+        )  # fmt: skip
         out_reader = _CappedReader(child.stdout, config.max_output_bytes)  # type: ignore[arg-type]
         err_reader = _CappedReader(child.stderr, config.max_output_bytes)  # type: ignore[arg-type]
-        out_reader.start()
-        err_reader.start()
-        assert child.stdin is not None
-        try:
-            child.stdin.write(json.dumps(job).encode())
-            child.stdin.close()
-        except BrokenPipeError:
-            pass
-
-        load_status = "not run"
-        n_cases = len(inputs) if inputs is not None else len(tests)
-        statuses = ["not run"] * n_cases
-        outputs: list[str | None] = [None] * (n_cases if inputs is not None else 0)
-        values: list[object] = [None] * (n_cases if plans is not None else 0)
-        isolation: dict[str, object] = {}
         killed = False
-        refused: list[str] = []
-        isolation_errors: list[str] = []
+        try:
+            if cgroup is not None:
+                try:  # before the job is written: the child has run nothing yet
+                    cgroup.add(child.pid)
+                except OSError as error:
+                    log.warning("sandbox cgroup: %s", error)
+                    cgroup = None
+            channel.has_cgroup = cgroup is not None
+            out_reader.start()
+            err_reader.start()
+            assert child.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                child.stdin.write(json.dumps(job).encode())
+                child.stdin.close()
+            killed = self._read_results(read_fd, channel)
+        finally:
+            # Every path out, an exception included, kills and reaps the whole
+            # run, and a slot whose uid still runs something gets a fresh uid.
+            clean = self._reap(child, uid, cgroup)
+            if not clean:
+                self._drop_uid(slot)
+            for reader in (out_reader, err_reader):
+                if reader.is_alive() or reader.ident is not None:
+                    reader.join(timeout=5)
+            shutil.rmtree(workdir, ignore_errors=True)
+        if channel.refused:
+            raise SandboxError(
+                f"this host did not give the sandbox {', '.join(channel.refused)} isolation "
+                f"({'; '.join(channel.isolation_errors) or 'see isolation in the result'}): "
+                f"refusing to run untrusted code without it; set "
+                f"sandbox.accept_missing_isolation: [{', '.join(channel.refused)}] to run with less"
+            )
+        if channel.load_status == "not run" and not channel.isolation:
+            stderr_text = err_reader.text()
+            raise SandboxError(
+                f"sandbox child failed before running the program: {stderr_text[-2000:]}"
+            )
+        return ExecutionResult(
+            load_status=channel.load_status,
+            test_status=channel.statuses,
+            stdout=out_reader.text(),
+            stderr=err_reader.text(),
+            seconds=time.perf_counter() - started,
+            killed=killed,
+            isolation=channel.isolation,
+            outputs=channel.outputs,
+            trusted=[plan is not None for plan in split],
+            values=channel.values,
+        )
+
+    def _read_results(self, read_fd: int, channel: ResultChannel) -> bool:
+        """Feed the result pipe's lines to `channel` until the run is done, dies,
+        or runs out of time (then True: killed). A flood of lines ends it too."""
+        config = self._config
+        n_cases = channel.n_cases
         buffer = b""
         skipping_line = False  # the rest of an over-long line is dropped
         n_lines = 0
@@ -500,9 +531,9 @@ class Sandbox:
             + config.per_test_timeout_s * max(n_cases, 1) + 2 * _GRACE_S
         )  # fmt: skip
         deadline = time.monotonic() + _STARTUP_GRACE_S
-        done = False
+        killed = False
         with os.fdopen(read_fd, "rb", buffering=0) as results:
-            while not done:
+            while True:
                 remaining = min(deadline, absolute_deadline) - time.monotonic()
                 if remaining <= 0:
                     killed = True
@@ -513,14 +544,14 @@ class Sandbox:
                 chunk = results.read(65536)
                 if not chunk:
                     break  # the child closed the pipe: exited or died
-                buffer += chunk
-                while True:
-                    cut = buffer.find(b"\n")
-                    if cut < 0:
-                        if len(buffer) > max_line_bytes:
-                            buffer, skipping_line = b"", True
-                        break
-                    line, buffer = buffer[:cut], buffer[cut + 1 :]
+                if b"\n" not in chunk:  # a long line arriving: no rescan of what came
+                    buffer += chunk
+                    if len(buffer) > max_line_bytes:
+                        buffer, skipping_line = b"", True
+                    continue
+                lines = (buffer + chunk).split(b"\n")
+                buffer = lines.pop()
+                for line in lines:
                     if skipping_line:
                         skipping_line = False
                         continue
@@ -528,111 +559,57 @@ class Sandbox:
                         continue  # the harness starts each event on a fresh line
                     n_lines += 1
                     if n_lines > max_lines:
-                        continue  # a flood of lines: nothing more is read from it
-                    try:
-                        event = json.loads(line)
-                        kind = event["event"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # garbage on the result pipe: ignore it
-                    if kind == "ready":
-                        isolation = dict(event.get("isolation", {}))
-                        isolation["cgroup"] = cgroup is not None
-                        missing = [k for k in self._required_isolation() if not isolation.get(k)]
-                        if missing:
-                            refused = missing
-                            break
+                        # More lines than the harness ever writes: a forger's
+                        # flood. The run ends here, not at its deadline.
+                        log.warning("sandbox: a flood of result lines; the run is stopped")
+                        return True
+                    outcome = channel.feed(line)
+                    if outcome in ("done", "refused"):
+                        return False
+                    if outcome == "ready":
                         deadline = time.monotonic() + config.program_timeout_s + _GRACE_S
-                    elif kind == "isolation_error":
-                        isolation_errors.append(str(event.get("error"))[:300])
-                    elif kind == "loaded":
-                        load_status = str(event.get("status"))
+                    elif outcome == "step":
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
-                        if load_status != "ok":
-                            done = True
-                    elif kind == "values":
-                        index = event.get("index")
-                        if isinstance(index, int) and 0 <= index < len(split):
-                            plan = split[index]
-                            if plan is not None and statuses[index] == "not run":
-                                statuses[index] = self._judged(plan, event, values, index)
-                                deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
-                    elif kind in ("test", "case"):
-                        index = event.get("index")
-                        status = str(event.get("status"))
-                        if (
-                            isinstance(index, int)
-                            and 0 <= index < n_cases
-                            # A split test passes only by the parent's judgement.
-                            and not (index < len(split) and split[index] is not None
-                                     and status == "passed")
-                        ):  # fmt: skip
-                            first_report = statuses[index] == "not run"
-                            statuses[index] = status
-                            if kind == "case" and inputs is not None:
-                                outputs[index] = str(event.get("stdout", ""))
-                            if first_report:
-                                deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
-                    elif kind == "done":
-                        done = True
         if killed:
             # Whatever was running when time ran out timed out; later ones never ran.
-            if load_status == "not run" and isolation:
-                load_status = "timed out"
-            elif load_status == "ok":
+            if channel.load_status == "not run" and channel.isolation:
+                channel.load_status = "timed out"
+            elif channel.load_status == "ok":
+                statuses = channel.statuses
                 first = next((i for i, s in enumerate(statuses) if s == "not run"), None)
                 if first is not None:
                     statuses[first] = "timed out"
-        self._reap(child, uid)
-        out_reader.join(timeout=5)
-        err_reader.join(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if refused:
-            raise SandboxError(
-                f"this host did not give the sandbox {', '.join(refused)} isolation "
-                f"({'; '.join(isolation_errors) or 'see isolation in the result'}): refusing "
-                f"to run untrusted code without it; set sandbox.accept_missing_isolation: "
-                f"[{', '.join(refused)}] to run with less"
-            )
-        if load_status == "not run" and not isolation:
-            stderr_text = err_reader.text()
-            raise SandboxError(
-                f"sandbox child failed before running the program: {stderr_text[-2000:]}"
-            )
-        return ExecutionResult(
-            load_status=load_status,
-            test_status=statuses,
-            stdout=out_reader.text(),
-            stderr=err_reader.text(),
-            seconds=time.perf_counter() - started,
-            killed=killed,
-            isolation=isolation,
-            outputs=outputs,
-            trusted=[plan is not None for plan in split],
-            values=values,
-        )
+        return killed
 
-    @staticmethod
-    def _judged(plan: TestPlan, event: dict[str, object], values: list[object], index: int) -> str:
-        """The status of a split test from the values the child sent."""
-        raw = event.get("values")
-        if not isinstance(raw, list) or len(raw) != len(plan.holes):
-            return "error: malformed values from the sandbox"
-        try:
-            decoded = [decode_value(v) for v in raw]
-        except (BadValue, RecursionError) as error:
-            return f"error: {error}"
-        if not plan.asserts:  # an expression asked for its value
-            if values:
-                values[index] = decoded[0]
-            return "ran"
-        return judge(plan, decoded)
-
-    def _reap(self, child: subprocess.Popen[bytes], uid: int | None) -> None:
-        """Kill the child's process group and, as root, everything its uid still runs."""
+    def _reap(
+        self, child: subprocess.Popen[bytes], uid: int | None, cgroup: RunCgroup | None
+    ) -> bool:
+        """Kill the child's process group, its cgroup and, as root, everything
+        its uid still runs. False: something of that uid survived every sweep."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=0.5)  # normally it is exiting already
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+        if cgroup is not None:
+            try:
+                cgroup.kill()
+            except OSError as error:
+                log.warning("sandbox cgroup kill: %s", error)
         child.wait()
         if uid is not None and not _sweep_uid(uid):
             log.error("sandbox uid %d still has processes after 10 sweeps", uid)
+            return False
+        return True
+
+    def _drop_uid(self, slot: int) -> None:
+        """The slot's uid still runs something: the slot is not handed it again.
+        Its lease goes (whoever leases it next sweeps it first, and refuses it
+        while it is not clean), and the slot's next run leases another uid."""
+        with self._uid_mutex:
+            lease = self._uids.pop(slot, None)
+            cgroup = self._cgroups.pop(slot, None)
+        if cgroup is not None:
+            with contextlib.suppress(CgroupError, OSError):
+                cgroup.remove()
+        if lease is not None:
+            lease.release()
