@@ -23,9 +23,11 @@ from streamcascade.schemas import CodeRequest
         ("assert not f([])", ["f([])"]),
         ("assert f('a') in ['a', 'b']", ["f('a')"]),
         ("assert abs(f(1.5) - 2.25) < 1e-06", ["f(1.5)"]),
-        ("assert math.isclose(f(2), 4.0, rel_tol=0.001)", ["f(2)"]),
+        ("import math\nassert math.isclose(f(2), 4.0, rel_tol=0.001)", ["f(2)"]),
+        ("assert isinstance(f(1), (int, float)) and type(f(2)) is str", ["f(1)", "f(2)"]),
+        ("assert f(1) == EXPECTED", ["f(1)"]),
         ("assert set(f([1, 2])) == set([2, 1])", ["f([1, 2])"]),
-        ("assert f(1)[0] == 3", ["f(1)[0]"]),
+        ("assert f(1)[0] == 3", ["f(1)"]),
         ("assert f(1) == 2 and f(2) == 3", ["f(1)", "f(2)"]),
         ("assert f(1) is None", ["f(1)"]),
     ],
@@ -43,6 +45,15 @@ def test_common_assert_shapes_split_into_holes(test: str, holes: list[str]) -> N
         "x = f(1)\nassert x == 2",
         "assert all(f(x) == x for x in range(3))",
         "assert f(lambda y: y == 1)",
+        # Anything but the program's function on literal data would be
+        # evaluated where the program has had the run of the interpreter.
+        "assert math.isclose(f(2), 4.0)",  # math: the program's, not imported by the test
+        "from math import isclose\nassert isclose(f(1), 1)",
+        "assert callable(f(1))",
+        "assert f(float('inf')) == 1",
+        "assert f(x) == 1",
+        "assert f(1).lower() == 'a'",
+        "import numpy as np\nassert np.allclose(f(1), 1)",
         "f(1)",
         "assert True",
         "assert (",
@@ -233,3 +244,62 @@ def test_a_levels_summary_counts_passes_judged_inside_the_sandbox(box: Sandbox) 
     summary = _summary(result, [0, 1, 2])
     assert (summary.n_passed, summary.n_passed_untrusted) == (2, 1)
     assert _summary(result, [0, 2]).n_passed_untrusted == 0
+
+
+# Forgeries that replace what a test calls besides the function under test, or
+# define a name the test reads: each beside the test it targets. Judged in the
+# parent, none passes; a correct program gets the same verdict as before.
+SHAPED = {
+    "a replaced isinstance": (
+        "import builtins\nbuiltins.isinstance = lambda *a: True\ndef f(x):\n    return 'wrong'\n",
+        "assert isinstance(f(1), int)",
+    ),
+    "a replaced len": (
+        "import builtins\nbuiltins.len = lambda *a: 2\ndef f(x):\n    return []\n",
+        "assert len(f(1)) == 2",
+    ),
+    "a replaced math.isclose": (
+        "import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return -1.0\n",
+        "import math\nassert math.isclose(f(2), 4.0)",
+    ),
+    "a list method replaced through the garbage collector": (
+        "import gc\n"
+        "gc.get_referents(list.__dict__)[0]['__eq__'] = lambda self, other: True\n"
+        "def f(x):\n    return [0]\n",
+        "assert f(1) == [1, 2]",
+    ),
+    "a name the test reads, defined by the program": (
+        "EXPECTED = 'wrong'\ndef f(x):\n    return 'wrong'\n",
+        "assert f(1) == EXPECTED",
+    ),
+    "a subscript on an object that lies": (
+        "class L(list):\n    def __getitem__(self, i):\n        return 3\n"
+        "def f(x):\n    return L()\n",
+        "assert f(1)[0] == 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPED))
+def test_no_forgery_of_what_a_test_calls_besides_the_function_passes(
+    box: Sandbox, name: str
+) -> None:
+    program, test = SHAPED[name]
+    result = box.run(program, [test])
+    assert not result.passed[0], result.test_status
+    assert result.trusted == [True]
+
+
+def test_a_correct_program_passes_the_same_shapes_and_an_undefined_name_is_an_error(
+    box: Sandbox,
+) -> None:
+    right = "import math\ndef f(x):\n    return [x, x + 1] if x < 0 else x * 2\n"
+    tests = [
+        "assert isinstance(f(1), int) and f(1) > 1",
+        "assert len(f(-1)) == 2 and f(-1)[0] == -1",
+        "import math\nassert math.isclose(f(2), 4.0)",
+        "assert f(1) == EXPECTED",
+    ]
+    result = box.run(right, tests)
+    assert result.test_status[:3] == ["passed"] * 3
+    assert result.test_status[3] == "error: NameError: name 'EXPECTED' is not defined"

@@ -37,7 +37,9 @@ True
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
+import itertools
 import json
 import math
 import operator
@@ -84,6 +86,18 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "str": str, "int": int, "float": float, "bool": bool, "all": all, "any": any,
     "repr": repr, "dict": dict,
 }  # fmt: skip
+_TYPES: dict[str, Any] = {
+    "int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": tuple,
+    "dict": dict, "set": set, "frozenset": frozenset, "complex": complex, "bytes": bytes,
+}  # fmt: skip
+"""Types a test may check a value against: the values come back as exactly these."""
+_JUDGE_ONLY: dict[str, Callable[..., Any]] = {
+    "isinstance": lambda value, kinds: isinstance(value, kinds),
+    "type": type,
+}
+"""Built-ins the parent evaluates on plain values (never in the child: the
+program may have replaced them there)."""
+_BUILTIN_NAMES = frozenset(dir(builtins))
 _MATH: dict[str, Any] = {
     "isclose": math.isclose, "fabs": math.fabs, "sqrt": math.sqrt, "floor": math.floor,
     "ceil": math.ceil, "inf": math.inf, "nan": math.nan, "pi": math.pi, "e": math.e,
@@ -118,12 +132,42 @@ def _is_math(node: ast.expr) -> bool:
     )
 
 
+def _is_literal(node: ast.expr) -> bool:
+    """Data written out in the test: building it in the child calls nothing
+    the program could have replaced."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return all(_is_literal(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _is_literal(k) for k in node.keys) and all(
+            _is_literal(v) for v in node.values
+        )
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return isinstance(node.operand, ast.Constant)
+    return False
+
+
 class _Splitter:
-    def __init__(self) -> None:
+    """`imported`: names the test's own imports bind (not the program's)."""
+
+    def __init__(self, imported: frozenset[str] = frozenset()) -> None:
         self.holes: list[str] = []
+        self.imported = imported
 
     def hole(self, node: ast.expr) -> ast.expr:
-        if any(isinstance(n, _NOT_IN_HOLES) for n in ast.walk(node)):
+        """Only a call of the program's own function on literal data is asked of
+        the child: anything more (a built-in, a library helper, a method, a
+        name it reads) would be evaluated in an interpreter the program has
+        had the run of, so such a test is not split (and not trusted)."""
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id not in _BUILTIN_NAMES
+            and node.func.id not in self.imported
+            and all(_is_literal(a) for a in node.args)
+            and all(k.arg is not None and _is_literal(k.value) for k in node.keywords)
+        ):
             raise _NotSplittable
         self.holes.append(ast.unparse(node))
         return ast.Name(id=f"_h{len(self.holes) - 1}", ctx=ast.Load())
@@ -132,6 +176,17 @@ class _Splitter:
         """The node with every subexpression the parent cannot evaluate made a hole."""
         if isinstance(node, ast.Constant):
             return node
+        if isinstance(node, ast.Name):
+            if node.id in _TYPES or node.id in _FUNCTIONS:
+                return node  # a type or pure function, resolved in the parent
+            if node.id in _BUILTIN_NAMES or node.id in self.imported:
+                raise _NotSplittable
+            # A name the test reads but never defines: the parent raises
+            # NameError, as running the test without the program's help would.
+            return ast.Name(id=f"_undefined_{node.id}", ctx=ast.Load())
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice):
+            return ast.Subscript(value=self.split(node.value), slice=self.split(node.slice),
+                                 ctx=ast.Load())  # fmt: skip
         if isinstance(node, ast.Set):
             return ast.Set(elts=[self.split(e) for e in node.elts])
         if isinstance(node, (ast.List, ast.Tuple)):
@@ -156,16 +211,18 @@ class _Splitter:
             return ast.UnaryOp(op=node.op, operand=self.split(node.operand))
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
             return ast.BinOp(left=self.split(node.left), op=node.op, right=self.split(node.right))
-        if _is_math(node):
+        if _is_math(node) and "math" in self.imported:
             return node
         if (
             isinstance(node, ast.Call)
             and not any(isinstance(a, ast.Starred) for a in node.args)
             and all(k.arg is not None for k in node.keywords)
         ):
-            known = (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS) or _is_math(
-                node.func
-            )
+            known = (
+                isinstance(node.func, ast.Name)
+                and (node.func.id in _FUNCTIONS or node.func.id in _JUDGE_ONLY)
+                and node.func.id not in self.imported
+            ) or (_is_math(node.func) and "math" in self.imported)
             if known:
                 return ast.Call(
                     func=node.func,
@@ -218,6 +275,10 @@ def _is_inert(statement: ast.stmt) -> bool:
     return False
 
 
+def _is_import(statement: ast.stmt) -> bool:
+    return isinstance(statement, (ast.Import, ast.ImportFrom))
+
+
 class _Rename(ast.NodeTransformer):
     def __init__(self, old: str, new: str) -> None:
         self.old, self.new = old, new
@@ -239,13 +300,16 @@ def plan_test(test: str) -> TestPlan | None:
         body, parameter, function = found
         renamed = _Rename(parameter, function)
         statements = [renamed.visit(s) for s in body if not _is_inert(s)]
-    prelude: list[ast.stmt] = []
-    splitter = _Splitter()
+    prelude = [s for s in itertools.takewhile(_is_import, statements)]
+    imported = frozenset(
+        (alias.asname or alias.name).split(".")[0]
+        for statement in prelude
+        for alias in statement.names  # type: ignore[attr-defined]
+    )
+    splitter = _Splitter(imported)
     asserts: list[ast.expr] = []
-    for statement in statements:
-        if isinstance(statement, (ast.Import, ast.ImportFrom)) and not asserts:
-            prelude.append(statement)
-        elif isinstance(statement, ast.Assert):
+    for statement in statements[len(prelude) :]:
+        if isinstance(statement, ast.Assert):
             try:
                 asserts.append(splitter.split(statement.test))
             except (_NotSplittable, RecursionError):
@@ -282,7 +346,15 @@ def _evaluate(node: ast.expr, holes: dict[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
-        return holes[node.id]
+        if node.id in holes:
+            return holes[node.id]
+        known = _TYPES.get(node.id, _FUNCTIONS.get(node.id))
+        if known is None:
+            name = node.id.removeprefix("_undefined_")
+            raise NameError(f"name {name!r} is not defined")
+        return known
+    if isinstance(node, ast.Subscript):
+        return _evaluate(node.value, holes)[_evaluate(node.slice, holes)]
     if isinstance(node, ast.List):
         return [_evaluate(e, holes) for e in node.elts]
     if isinstance(node, ast.Tuple):
@@ -322,7 +394,7 @@ def _evaluate(node: ast.expr, holes: dict[str, Any]) -> Any:
         return _MATH[node.attr]
     if isinstance(node, ast.Call):
         function = (
-            _FUNCTIONS[node.func.id]
+            _FUNCTIONS.get(node.func.id, _JUDGE_ONLY.get(node.func.id))
             if isinstance(node.func, ast.Name)
             else (_MATH[node.func.attr] if isinstance(node.func, ast.Attribute) else None)
         )
