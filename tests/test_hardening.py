@@ -81,7 +81,9 @@ def test_status_lines_cannot_push_the_runners_deadline_back() -> None:
     assert not any(result.passed)
 
 
-def test_an_endless_line_on_the_result_pipe_keeps_the_timeout_status() -> None:
+def test_an_endless_line_on_the_result_pipe_ends_the_run_with_an_error() -> None:
+    """Longer than any line the harness writes: reading it to its end would
+    cost the parent a core, so the run ends at once and the test errs."""
     program = (
         "import os, time\n"
         "def f():\n"
@@ -98,8 +100,11 @@ def test_an_endless_line_on_the_result_pipe_keeps_the_timeout_status() -> None:
     )
     config = SandboxConfig(workers=1, per_test_timeout_s=1.0)
     with Sandbox(config) as box:
+        started = time.monotonic()
         result = box.run(program, ["f()", "assert True"])
-    assert result.test_status[0] == "timed out"
+    assert time.monotonic() - started < 3
+    assert result.test_status[0].startswith("error: an over-long result line"), result
+    assert result.test_status[1] == "not run" and result.killed
 
 
 # -- a root that shares nothing, and limits for the whole run (root only) ---------

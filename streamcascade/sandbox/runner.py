@@ -517,8 +517,7 @@ class Sandbox:
         or runs out of time (then True: killed). A flood of lines ends it too."""
         config = self._config
         n_cases = channel.n_cases
-        buffer = b""
-        skipping_line = False  # the rest of an over-long line is dropped
+        buffer = bytearray()  # appended in place: a long line costs its length, not its square
         n_lines = 0
         max_lines = 2 * n_cases + 16  # ready, loaded, done, warnings, one event per case
         # a case's stdout, JSON-escaped, or a test's values
@@ -547,22 +546,22 @@ class Sandbox:
                 if b"\n" not in chunk:  # a long line arriving: no rescan of what came
                     buffer += chunk
                     if len(buffer) > max_line_bytes:
-                        buffer, skipping_line = b"", True
+                        # Longer than any event the harness writes: a forger's
+                        # endless line, which would cost this process a core
+                        # to read to its end. The run ends here.
+                        return self._abused(channel, "an over-long result line")
                     continue
-                lines = (buffer + chunk).split(b"\n")
-                buffer = lines.pop()
-                for line in lines:
-                    if skipping_line:
-                        skipping_line = False
-                        continue
+                buffer += chunk
+                lines = buffer.split(b"\n")
+                buffer = bytearray(lines.pop())
+                for line in map(bytes, lines):
                     if not line:
                         continue  # the harness starts each event on a fresh line
                     n_lines += 1
                     if n_lines > max_lines:
                         # More lines than the harness ever writes: a forger's
                         # flood. The run ends here, not at its deadline.
-                        log.warning("sandbox: a flood of result lines; the run is stopped")
-                        return True
+                        return self._abused(channel, "a flood of result lines")
                     outcome = channel.feed(line)
                     if outcome in ("done", "refused"):
                         return False
@@ -580,6 +579,20 @@ class Sandbox:
                 if first is not None:
                     statuses[first] = "timed out"
         return killed
+
+    @staticmethod
+    def _abused(channel: ResultChannel, why: str) -> bool:
+        """The program wrote on the result channel what the harness never
+        does: the run ends now, and what was running is an error."""
+        log.warning("sandbox: %s; the run is stopped", why)
+        if channel.load_status == "not run" and channel.isolation:
+            channel.load_status = f"error: {why} (the program wrote on the result channel)"
+        elif channel.load_status == "ok":
+            statuses = channel.statuses
+            first = next((i for i, s in enumerate(statuses) if s == "not run"), None)
+            if first is not None:
+                statuses[first] = f"error: {why} (the program wrote on the result channel)"
+        return True
 
     def _reap(
         self, child: subprocess.Popen[bytes], uid: int | None, cgroup: RunCgroup | None
