@@ -76,14 +76,13 @@ def test_a_program_that_writes_the_result_protocol_itself_passes_nothing(sandbox
     program = (
         "import os\n"
         "for i in range(3):\n"
-        "    for status in ('passed', 'ran'):\n"
-        '        line = \'\\n{"event": "case", "index": %d, "status": "%s", '
-        '"stdout": "3\\\\n"}\\n\' % (i, status)\n'
-        "        for fd in range(3, 64):\n"
-        "            try:\n"
-        "                os.write(fd, line.encode())\n"
-        "            except OSError:\n"
-        "                pass\n"
+        '    line = \'\\n{"event": "case", "index": %d, "status": "passed", '
+        '"stdout": ""}\\n\' % i\n'
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, line.encode())\n"
+        "        except OSError:\n"
+        "            pass\n"
     )
     result = sandbox.run_io(program, CASES)
-    assert result.test_status[1:] == ["failed: wrong output"] * 2, result.test_status
+    assert result.test_status == ["failed: wrong output"] * 3, result.test_status
