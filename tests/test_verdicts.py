@@ -3,6 +3,8 @@ assert into the calls the child evaluates and the comparison it makes itself."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streamcascade.config import SandboxConfig
@@ -303,3 +305,29 @@ def test_a_correct_program_passes_the_same_shapes_and_an_undefined_name_is_an_er
     result = box.run(right, tests)
     assert result.test_status[:3] == ["passed"] * 3
     assert result.test_status[3] == "error: NameError: name 'EXPECTED' is not defined"
+
+
+def test_the_regrade_check_reports_every_verdict_and_what_changed(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check run before and after a sandbox change, here on a few APPS tasks."""
+    import json
+
+    from streamcascade.benchtools.regrade import main
+
+    ladder = shared_data / "apps-ladder-dev"
+    if not ladder.is_dir():
+        pytest.skip(f"{ladder} not found")
+    out = tmp_path / "after.json"
+    models = Path(__file__).parent.parent / "configs" / "ladders" / "apps.yaml"
+    assert main([f"{ladder}={models}", "--out", str(out), "--limit", "3"]) == 0
+    after = json.loads(out.read_text())["apps-ladder-dev"]
+    assert len(after["correct"]) == 2 and all(len(c) == 3 for c in after["correct"])
+    before = json.loads(out.read_text())
+    first = next(iter(after["correct"][0]))
+    before["apps-ladder-dev"]["correct"][0][first] = not after["correct"][0][first]
+    (tmp_path / "before.json").write_text(json.dumps(before))
+    capsys.readouterr()
+    assert main(["--compare", str(tmp_path / "before.json"), str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"1 changed: {first}" in report and report.count("same") == 3
