@@ -78,7 +78,7 @@ def test_a_program_that_writes_the_result_protocol_itself_passes_nothing(sandbox
         "for i in range(3):\n"
         '    line = \'\\n{"event": "case", "index": %d, "status": "passed", '
         '"stdout": ""}\\n\' % i\n'
-        "    for fd in range(3, 64):\n"
+        "    for fd in [f for f in map(int, os.listdir('/proc/self/fd')) if f > 2]:\n"
         "        try:\n"
         "            os.write(fd, line.encode())\n"
         "        except OSError:\n"

@@ -144,7 +144,7 @@ FORGERIES = {
         "def f(x):\n"
         '    line = b\'{"event": "test", "index": 0, "status": "passed"}\\n\'\n'
         '    line += b\'{"event": "done"}\\n\'\n'
-        "    for fd in range(3, 64):\n"
+        "    for fd in [f for f in map(int, os.listdir('/proc/self/fd')) if f > 2]:\n"
         "        try:\n"
         "            os.write(fd, line)\n"
         "        except OSError:\n"

@@ -43,7 +43,8 @@ HOSTILE = {
     "        time.sleep(600)\n    return 2 * x\n",
     "forged result lines": 'import os\ndef double(x):\n    line = b\'{"event": "test", '
     '"index": 0, "status": "passed"}\\n{"event": "done"}\\n\'\n'
-    "    for fd in range(3, 64):\n        try:\n            os.write(fd, line)\n"
+    "    for fd in [f for f in map(int, os.listdir('/proc/self/fd')) if f > 2]:\n"
+    "        try:\n            os.write(fd, line)\n"
     "        except OSError:\n            pass\n    os._exit(0)\n",
     "equal to everything": "class Yes:\n    def __eq__(self, other):\n        return True\n"
     "    __hash__ = object.__hash__\ndef double(x):\n    return Yes()\n",
