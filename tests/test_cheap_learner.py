@@ -337,3 +337,14 @@ def test_the_label_slice_runs_the_real_small_model_plain_and_with_exemplars(
     assert "exemplar memory" in table and "river then the top" in table
     with pytest.raises(ValueError, match="fewer than start"):
         run_slice(stream, start=10, n=5, model="qwen2.5-coder-0.5b-instruct-q4_k_m")
+
+
+def test_the_label_slice_says_in_one_line_that_its_stream_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamcascade.benchtools.labelslice import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--stream", str(tmp_path / "nope.jsonl")])
+    assert exit_info.value.code == 2
+    assert "No such file" in capsys.readouterr().err

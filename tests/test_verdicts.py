@@ -331,3 +331,17 @@ def test_the_regrade_check_reports_every_verdict_and_what_changed(
     assert main(["--compare", str(tmp_path / "before.json"), str(out)]) == 0
     report = capsys.readouterr().out
     assert f"1 changed: {first}" in report and report.count("same") == 3
+
+
+def test_the_regrade_check_says_in_one_line_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamcascade.benchtools.regrade import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"{tmp_path / 'nope'}=configs/ladders/apps.yaml", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "ladder directory not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert "No such file" in capsys.readouterr().err

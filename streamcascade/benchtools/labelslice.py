@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4_k_m")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rows, arms = run_slice(args.stream, args.start, args.n, args.model, args.k)
+    try:
+        rows, arms = run_slice(args.stream, args.start, args.n, args.model, args.k)
+    except (OSError, ValueError) as error:  # a missing or short stream: one line, no trace
+        parser.error(str(error))
     sys.stdout.write(report(rows, arms, args.model) + "\n")
     return 0
 

@@ -75,20 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N tasks of each")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args(argv)
-    if args.compare:
-        before, after = (json.loads(p.read_text()) for p in args.compare)
-        sys.stdout.write("\n".join(compare(before, after)) + "\n")
-        return 0
-    if not args.ladders or args.out is None:
-        parser.error("give DIR=MODELS pairs and --out, or --compare BEFORE AFTER")
-    started = time.perf_counter()
-    payload = {}
-    for pair in args.ladders:
-        directory, _, models = pair.partition("=")
-        if not models:
-            parser.error(f"{pair}: expected DIR=MODELS")
-        payload[Path(directory).name] = regrade(Path(directory), models, args.limit)
-    args.out.write_text(json.dumps(payload))
+    try:
+        if args.compare:
+            before, after = (json.loads(p.read_text()) for p in args.compare)
+            sys.stdout.write("\n".join(compare(before, after)) + "\n")
+            return 0
+        if not args.ladders or args.out is None:
+            parser.error("give DIR=MODELS pairs and --out, or --compare BEFORE AFTER")
+        started = time.perf_counter()
+        payload = {}
+        for pair in args.ladders:
+            directory, _, models = pair.partition("=")
+            if not models:
+                parser.error(f"{pair}: expected DIR=MODELS")
+            payload[Path(directory).name] = regrade(Path(directory), models, args.limit)
+        args.out.write_text(json.dumps(payload))
+    except (OSError, ValueError, KeyError) as error:  # missing files, bad JSON: one line
+        parser.error(str(error))
     sys.stdout.write(f"wrote {args.out} in {time.perf_counter() - started:.0f} s\n")
     return 0
 

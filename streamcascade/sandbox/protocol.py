@@ -70,6 +70,16 @@ class ResultChannel:
         self.outputs = [None] * (self.n_cases if self.inputs is not None else 0)
         self.values = [None] * (self.n_cases if self.want_values else 0)
 
+    def interrupt(self, status: str) -> None:
+        """The run was stopped: what was running (the program's load, or the
+        first test not reported) gets `status`; later ones stay "not run"."""
+        if self.load_status == "not run" and self.isolation:
+            self.load_status = status
+        elif self.load_status == "ok":
+            first = next((i for i, s in enumerate(self.statuses) if s == "not run"), None)
+            if first is not None:
+                self.statuses[first] = status
+
     def feed(self, line: bytes) -> str | None:
         try:
             event = json.loads(line)  # too deep: RecursionError, caught below

@@ -571,13 +571,7 @@ class Sandbox:
                         deadline = time.monotonic() + config.per_test_timeout_s + _GRACE_S
         if killed:
             # Whatever was running when time ran out timed out; later ones never ran.
-            if channel.load_status == "not run" and channel.isolation:
-                channel.load_status = "timed out"
-            elif channel.load_status == "ok":
-                statuses = channel.statuses
-                first = next((i for i, s in enumerate(statuses) if s == "not run"), None)
-                if first is not None:
-                    statuses[first] = "timed out"
+            channel.interrupt("timed out")
         return killed
 
     @staticmethod
@@ -585,13 +579,7 @@ class Sandbox:
         """The program wrote on the result channel what the harness never
         does: the run ends now, and what was running is an error."""
         log.warning("sandbox: %s; the run is stopped", why)
-        if channel.load_status == "not run" and channel.isolation:
-            channel.load_status = f"error: {why} (the program wrote on the result channel)"
-        elif channel.load_status == "ok":
-            statuses = channel.statuses
-            first = next((i for i, s in enumerate(statuses) if s == "not run"), None)
-            if first is not None:
-                statuses[first] = f"error: {why} (the program wrote on the result channel)"
+        channel.interrupt(f"error: {why} (the program wrote on the result channel)")
         return True
 
     def _reap(
