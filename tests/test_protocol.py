@@ -102,3 +102,14 @@ def test_missing_isolation_refuses_and_a_second_ready_is_dropped() -> None:
     assert channel.feed(b'{"event": "ready", "isolation": {"proc": false}}') == "refused"
     assert channel.refused == ["proc"] and channel.isolation["cgroup"] is True
     assert channel.feed(b'{"event": "ready", "isolation": {"proc": true}}') is None
+
+
+def test_a_reload_is_accepted_only_after_the_load_and_at_most_once_per_test() -> None:
+    channel = _channel()
+    assert channel.feed(b'{"event": "reloading"}') is None  # nothing loaded yet
+    channel.feed(b'{"event": "ready", "isolation": {"proc": true}}')
+    channel.feed(b'{"event": "loaded", "status": "ok"}')
+    assert channel.feed(b'{"event": "reloading"}') == "ready"  # the load's budget again
+    assert channel.feed(b'{"event": "reloading"}') == "ready"
+    assert channel.feed(b'{"event": "reloading"}') is None  # more than there are tests
+    assert channel.reloads == 2

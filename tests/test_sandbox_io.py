@@ -86,3 +86,21 @@ def test_a_program_that_writes_the_result_protocol_itself_passes_nothing(sandbox
     )
     result = sandbox.run_io(program, CASES)
     assert result.test_status == ["failed: wrong output"] * 3, result.test_status
+
+
+def test_each_case_runs_in_a_fresh_process_and_exit_0_after_printing_is_an_answer(
+    sandbox: Sandbox,
+) -> None:
+    # What one case leaves in the interpreter (a module attribute, a patched
+    # built-in) the next does not see; `os._exit(0)` once the output is out
+    # ends the case normally.
+    program = (
+        "import builtins, os, sys\n"
+        "builtins.seen = getattr(builtins, 'seen', 0) + 1\n"
+        "a, b = map(int, input().split())\n"
+        "print(a + b * builtins.seen)\n"
+        "sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    )
+    result = sandbox.run_io(program, CASES)
+    assert result.test_status == ["passed"] * 3, result.test_status

@@ -213,7 +213,7 @@ def test_a_right_program_still_passes(box: Sandbox) -> None:
     right = "def f(x):\n    return x + 1\n"
     result = box.run(right, ["assert f(1) == 2", "assert f(2) == 4", "x = f(1)\nassert x == 2"])
     assert result.test_status == ["passed", "failed: AssertionError", "passed"]
-    assert result.trusted == [True, True, False]
+    assert result.trusted == [True, True, True]  # the third judged apart
 
 
 def test_values_come_back_as_plain_data(box: Sandbox) -> None:
@@ -244,8 +244,9 @@ def test_a_levels_summary_counts_passes_judged_inside_the_sandbox(box: Sandbox) 
     result = box.run("def f(x):\n    return x + 1\n",
                      ["assert f(1) == 2", "y = f(1)\nassert y == 2", "assert f(1) == 5"])  # fmt: skip
     summary = _summary(result, [0, 1, 2])
-    assert (summary.n_passed, summary.n_passed_untrusted) == (2, 1)
-    assert _summary(result, [0, 2]).n_passed_untrusted == 0
+    assert (summary.n_passed, summary.n_passed_untrusted) == (2, 0)
+    result.trusted = [True, False, True]  # a result recorded before tests were judged apart
+    assert _summary(result, [0, 1, 2]).n_passed_untrusted == 1
 
 
 # Forgeries that replace what a test calls besides the function under test, or
@@ -345,3 +346,62 @@ def test_the_regrade_check_says_in_one_line_what_is_missing(
     with pytest.raises(SystemExit):
         main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert "No such file" in capsys.readouterr().err
+
+
+# -- tests judged apart: a fork of the harness, the program's functions remote ----------
+
+PROGRAM = (
+    "class Bad(Exception):\n    pass\n"
+    "LIMIT = 3\n"
+    "def f(x):\n"
+    "    if x < 0:\n        raise ValueError('negative')\n"
+    "    if x == 99:\n        raise Bad('ninety-nine')\n"
+    "    return x + 1\n"
+    "def sort_in_place(xs):\n    xs.sort()\n"
+    "def make():\n    return object()\n"
+    "def helper(x):\n    return 2 * x\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("test", "status"),
+    [
+        ("for x in range(5):\n    assert f(x) == x + 1", "passed"),
+        ("for x in range(5):\n    assert f(x) == x", "failed: AssertionError"),
+        # the program's other functions (HumanEval's `poly`, `encode_cyclic`) are its own
+        ("y = helper(3)\nassert f(y) == 7", "passed"),
+        ("try:\n    f(-1)\nexcept ValueError:\n    pass\nelse:\n    assert False", "passed"),
+        ("y = f(99)", "error: Bad: ninety-nine"),
+        ("xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]", "passed"),
+        # not callable: not the test's, so undefined, as for a program without it
+        ("y = f(1)\nassert y < LIMIT", "error: NameError: name 'LIMIT' is not defined"),
+        ("y = f(lambda: 1)", "error: TypeError: f: an argument that cannot be sent"),
+        ("y = make()", "error: _NotPlain: not plain data: object"),
+    ],
+)
+def test_a_test_that_cannot_be_split_is_judged_apart(box: Sandbox, test: str, status: str) -> None:
+    assert plan_test(test) is None
+    result = box.run(PROGRAM, [test])
+    assert result.test_status[0].startswith(status), result.test_status
+    assert result.trusted == [True]
+
+
+def test_what_the_program_does_to_its_interpreter_stays_there(box: Sandbox) -> None:
+    # Run in one interpreter, each of these tests would pass for this program.
+    program = (
+        "import builtins, sys\n"
+        "builtins.len = lambda o, real=len: 7 if o == 'x' else real(o)\n"
+        "builtins.EXPECTED = 'x'\n"
+        "sys.modules['math'] = type(sys)('math')\n"
+        "sys.modules['math'].isclose = lambda *a, **k: True\n"
+        "def f(x):\n    return 'x'\n"
+    )
+    tests = [
+        "y = f(1)\nassert len(y) == 7",
+        "y = f(1)\nassert y == EXPECTED",
+        "import math\ny = f(1)\nassert math.isclose(len(y), 3.0)",
+    ]
+    result = box.run(program, tests)
+    assert result.test_status[0] == "failed: AssertionError"
+    assert result.test_status[1].startswith("error: NameError")
+    assert result.test_status[2] == "failed: AssertionError"

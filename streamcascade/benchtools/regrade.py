@@ -61,8 +61,9 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
                     + (f"{len(changed)} changed: {', '.join(changed[:8])}" if changed else "same")
                 )
         lines.append(
-            f"{ladder}: hidden tests judged in the parent {old['hidden_tests_split']} -> "
-            f"{new['hidden_tests_split']} of {new['hidden_tests']}"
+            f"{ladder}: hidden tests split (judged in the parent from values) "
+            f"{old['hidden_tests_split']} -> {new['hidden_tests_split']} of "
+            f"{new['hidden_tests']}; the rest judged apart"
         )
     return lines
 

@@ -3,9 +3,13 @@
 Trusted code runs first: it reads its job from stdin, isolates itself (network,
 IPC, mount and pid namespaces; a minimal root holding the shared libraries,
 the standard library and a private size- and inode-limited /tmp), sets
-resource limits, drops to an unprivileged uid, and only then executes the
-untrusted program and its asserts, one result line per assert on the result
-pipe (fd given in the job).
+resource limits, drops to an unprivileged uid, and only then starts the
+untrusted program, in processes of its own: the harness itself never runs a
+line of it, and only the harness holds the result pipe (fd given in the job).
+Functions are loaded once in a program process that answers requests (a
+split test's values, a call); a test that cannot be split runs in a fresh
+fork of the harness that sees the program's functions as remote calls; a
+whole program runs once per input, each in a fresh fork.
 
 Standard library only, and no imports from streamcascade: this file is run by
 path, and nothing the untrusted code can reach should matter to the parent.
@@ -13,6 +17,7 @@ path, and nothing the untrusted code can reach should matter to the parent.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import json
@@ -41,6 +46,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 
 
 class _TestTimeout(BaseException):
@@ -186,7 +192,8 @@ def _limit(job: Job) -> None:
     ]
     if job["uid"] is not None or os.geteuid() != 0:
         # Counted per real uid: meaningful only once we are not root.
-        limits.append((resource.RLIMIT_NPROC, job["max_processes"]))
+        # +2: the harness and a test judged apart share the uid with the program.
+        limits.append((resource.RLIMIT_NPROC, job["max_processes"] + 2))
     for which, value in limits:
         try:
             resource.setrlimit(which, (value, value))
@@ -214,11 +221,13 @@ _SECCOMP_EPERM = 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
 # next run on a slot, or a run under another uid through /proc/keys, could
 # read what one stored; and inotify/fanotify, through which a program could
 # watch the read-only tree that every sandbox shares and see what another
-# imports. Calls of another ABI (i386, x32) are denied whole: they would
-# bypass the numbers below.
+# imports; and ptrace, process_vm_readv/writev, kcmp and pidfd_getfd, through
+# which the program's process could reach into the harness's (its verdicts)
+# or take its fds. Calls of another ABI (i386, x32) are denied whole: they
+# would bypass the numbers below.
 _DENIED = {
-    "x86_64": (0xC000003E, (248, 249, 250, 253, 254, 294, 300)),
-    "aarch64": (0xC00000B7, (217, 218, 219, 26, 27, 262)),
+    "x86_64": (0xC000003E, (248, 249, 250, 253, 254, 294, 300, 101, 310, 311, 312, 438)),
+    "aarch64": (0xC00000B7, (217, 218, 219, 26, 27, 262, 117, 270, 271, 272, 438)),
 }
 
 
@@ -318,23 +327,560 @@ def _plain(value: Any, budget: list[int], depth: int) -> Any:
     raise _NotPlain("not plain data: " + str(_TYPE_NAME.__get__(kind))[:80])
 
 
-def _values_of(test: dict[str, Any], scope: dict[str, Any], cap: int) -> list[Any]:
-    """Run the test's prelude, then evaluate each hole; their plain values."""
-    if test["prelude"]:
-        exec(compile(test["prelude"], "<test prelude>", "exec"), scope)
-    values = []
-    for hole in test["holes"]:
-        value = eval(compile(hole, "<test>", "eval"), scope)
-        values.append(_plain(value, [1_000_000], 0))
-    encoded = json.dumps(values)
-    if len(encoded) > cap:
-        raise _NotPlain(f"values over {cap} bytes")
-    return values
+def _unplain(data: Any, depth: int = 0) -> Any:
+    """The inverse of `_plain`, for what another process sent: exact built-in
+    types only, and anything malformed is `_NotPlain`."""
+    if depth > 100:
+        raise _NotPlain("value nested too deeply")
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is list:
+        return [_unplain(x, depth + 1) for x in data]
+    if type(data) is dict and len(data) == 1:
+        ((tag, inner),) = data.items()
+        if tag == "b" and type(inner) is str:
+            return bytes.fromhex(inner)
+        if type(inner) is list:
+            if tag == "t":
+                return tuple(_unplain(x, depth + 1) for x in inner)
+            if tag == "s":
+                return {_unplain(x, depth + 1) for x in inner}
+            if tag == "fs":
+                return frozenset(_unplain(x, depth + 1) for x in inner)
+            if tag == "d":
+                return {_unplain(k, depth + 1): _unplain(v, depth + 1) for k, v in inner}
+            if tag == "c":
+                return complex(float(inner[0]), float(inner[1]))
+    raise _NotPlain("not a plain value")
+
+
+# -- the program's process and the link to it --------------------------------------
+#
+# The harness never runs a line of the program. The program is loaded in a
+# process of its own (forked from the harness once the sandbox is set up) and
+# answers requests on a pair of pipes: evaluate a split test's holes, or call
+# one of its functions on plain arguments. Everything that decides a verdict
+# (the harness, and a test judged apart) lives in a process the program never
+# ran in: the program can return what values it likes, but it cannot change
+# how they are compared, nor anything a test calls besides its own functions.
+
+
+class _LinkBroken(Exception):
+    """The program's process sent no well-formed reply in time, or died."""
+
+
+class _Link:
+    """Requests to the program's process, one JSON line each, and its replies,
+    matched by id. The program can write anything on the reply pipe: a reply
+    is read with a cap, parsed defensively, and one with another id skipped."""
+
+    def __init__(self, requests_fd: int, replies_fd: int, cap: int) -> None:
+        self.requests_fd = requests_fd
+        self.replies_fd = replies_fd
+        self.cap = cap
+        self.next_id = 0
+        self.buffer = bytearray()
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to `request`. Raises `_LinkBroken`; `_TestTimeout` comes
+        through from the caller's alarm."""
+        self.next_id += 1
+        request["id"] = self.next_id
+        data = memoryview((json.dumps(request) + "\n").encode())
+        try:
+            while data:
+                data = data[os.write(self.requests_fd, data) :]
+        except OSError as error:
+            raise _LinkBroken(f"the program's process is gone ({error.strerror})") from None
+        for _ in range(64):
+            line = self._line()
+            try:
+                reply = json.loads(line)
+            except (ValueError, RecursionError, MemoryError):
+                continue
+            if type(reply) is dict and reply.get("id") == self.next_id:
+                return reply
+        raise _LinkBroken("no reply from the program's process")
+
+    def _line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > self.cap:
+                raise _LinkBroken("an over-long reply from the program's process")
+            chunk = os.read(self.replies_fd, 65536)
+            if not chunk:
+                raise _LinkBroken("the program's process ended")
+            self.buffer += chunk
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        return line
+
+
+def _serve(requests_fd: int, replies_fd: int) -> None:
+    """The program's process: load the program when asked, then answer
+    requests until the harness closes the pipe. Runs the program, so nothing
+    here is trusted: its replies are only ever plain values."""
+    namespace: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+    requests = os.fdopen(requests_fd, "rb")
+    replies = os.fdopen(replies_fd, "w", buffering=1)
+    for line in requests:
+        request = json.loads(line)
+        signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout_s", 1.0)))
+        try:
+            reply = _answer(request, namespace)
+        except _TestTimeout:
+            reply = {"status": "timed out"}
+        except BaseException as exc:  # the program's failure is a reply
+            reply = {"raise": _exception_name(exc), "message": _describe(exc)}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        reply["id"] = request["id"]
+        try:
+            text = json.dumps(reply)
+        except BaseException:
+            text = json.dumps({"id": request["id"], "status": "error: an unencodable reply"})
+        _flush()  # what it printed reaches the parent, even if it is killed next
+        replies.write(text + "\n")
+    _flush()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):  # a broken stream is the program's doing
+            stream.flush()
+
+
+def _exception_name(exc: BaseException) -> str:
+    try:
+        name = _TYPE_NAME.__get__(type(exc))
+        return name if type(name) is str else "Exception"
+    except BaseException:
+        return "Exception"
+
+
+def _answer(request: dict[str, Any], namespace: dict[str, Any]) -> dict[str, Any]:
+    op = request["op"]
+    if op == "load":
+        exec(compile(request["program"], "<solution>", "exec"), namespace)
+        names = [name for name, value in list(namespace.items())
+                 if type(name) is str and name[:2] != "__" and callable(value)]  # fmt: skip
+        return {"status": "ok", "names": names[:1000]}
+    if op == "values":
+        scope = dict(namespace)  # a test's imports do not leak into the next
+        if request["prelude"]:
+            exec(compile(request["prelude"], "<test prelude>", "exec"), scope)
+        values = [_plain(eval(compile(hole, "<test>", "eval"), scope), [1_000_000], 0)
+                  for hole in request["holes"]]  # fmt: skip
+        if len(json.dumps(values)) > request["cap"]:
+            raise _NotPlain(f"values over {request['cap']} bytes")
+        return {"values": values}
+    # "call": one of the program's functions, on plain arguments; the
+    # arguments go back too, so that a test sees what the call changed in them.
+    function = namespace[request["name"]]
+    args = [_unplain(a) for a in request["args"]]
+    kwargs = {str(k): _unplain(v) for k, v in request["kwargs"].items()}
+    value = function(*args, **kwargs)
+    after = [_plain(a, [1_000_000], 0) if type(a) in (list, dict, set) else None for a in args]
+    return {"value": _plain(value, [1_000_000], 0), "args": after}
+
+
+class _Program:
+    """The harness's handle on the program's process: start, ask, restart."""
+
+    def __init__(self, job: Job, out_fd: int) -> None:
+        self.job = job
+        self.out_fd = out_fd
+        self.pid = 0
+        self.names: list[str] = []
+        self.link: _Link | None = None
+
+    def start(self) -> str:
+        """Fork the program's process and load the program: its load status."""
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as error:
+            for fd in (requests_r, requests_w, replies_r, replies_w):
+                os.close(fd)
+            return _no_fork(error)
+        if pid == 0:  # the program's process: no result channel, no harness ends
+            try:
+                os.setpgid(0, 0)
+                for fd in (self.out_fd, requests_w, replies_r):
+                    os.close(fd)
+                _serve(requests_r, replies_w)
+            finally:
+                os._exit(0)
+        os.close(requests_r)
+        os.close(replies_w)
+        self.pid = pid
+        self.link = _Link(requests_w, replies_r, int(self.job["max_value_bytes"]) + 65_536)
+        timeout_s = float(self.job["program_timeout_s"])
+        reply = self.ask({"op": "load", "program": self.job["program"]}, timeout_s)
+        if reply.get("status") == "ok" and type(reply.get("names")) is list:
+            self.names = [n for n in reply["names"][:1000]
+                          if type(n) is str and n.isidentifier()]  # fmt: skip
+            return "ok"
+        return _status_of(reply)
+
+    def ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """A reply, or a status reply when none came in time or well-formed.
+        The harness's own alarm bounds the wait: the program may have
+        disabled its own."""
+        assert self.link is not None
+        request["timeout_s"] = timeout_s
+        signal.setitimer(signal.ITIMER_REAL, timeout_s + 0.5)
+        try:
+            return self.link.ask(request)
+        except _TestTimeout:
+            return {"status": "timed out", "stuck": True}
+        except _LinkBroken as error:
+            return {"status": f"error: {error}", "stuck": True}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def stop(self) -> None:
+        if self.link is not None:
+            for fd in (self.link.requests_fd, self.link.replies_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.link = None
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _status_of(reply: dict[str, Any]) -> str:
+    """A test's status from a reply that carries no values."""
+    status = reply.get("status")
+    if status == "timed out":
+        return "timed out"
+    if type(status) is str and status.startswith("error: "):
+        return status[:400]
+    if type(reply.get("raise")) is str:
+        message = reply.get("message")
+        text = message if type(message) is str else reply["raise"]
+        prefix = "failed: " if reply["raise"] == "AssertionError" else "error: "
+        return prefix + text[:300]
+    return "error: a malformed reply from the program's process"
+
+
+# -- a test judged apart -------------------------------------------------------------
+
+
+class _Remote:
+    """One of the program's functions, seen from a test judged apart: a call
+    sends plain arguments to the program's process and returns the plain
+    value it sends back (an exception it raised is raised again here, as the
+    built-in exception of that name where there is one)."""
+
+    def __init__(self, name: str, link: _Link) -> None:
+        self._name = name
+        self._link = link
+
+    def __repr__(self) -> str:
+        return f"<the program's {self._name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            sent = [_plain(a, [1_000_000], 0) for a in args]
+            sent_kwargs = {k: _plain(v, [1_000_000], 0) for k, v in kwargs.items()}
+        except _NotPlain as error:
+            raise TypeError(f"{self._name}: an argument that cannot be sent to the "
+                            f"program's process ({error})") from None  # fmt: skip
+        try:
+            reply = self._link.ask(
+                {"op": "call", "name": self._name, "args": sent, "kwargs": sent_kwargs}
+            )
+        except _LinkBroken as error:
+            raise RuntimeError(str(error)) from None
+        if reply.get("status") == "timed out":
+            raise _TestTimeout()
+        if "value" not in reply:
+            if type(reply.get("raise")) is str:
+                raise _rebuilt(reply["raise"], reply.get("message"))
+            raise RuntimeError(_status_of(reply).removeprefix("error: "))
+        try:
+            value = _unplain(reply["value"])
+            changed = reply.get("args")
+            if type(changed) is list and len(changed) == len(args):
+                for original, after in zip(args, changed, strict=True):
+                    _write_back(original, after)
+        except (_NotPlain, TypeError, ValueError, IndexError, KeyError, RecursionError):
+            raise RuntimeError("a malformed value from the program's process") from None
+        return value
+
+
+def _write_back(original: Any, after: Any) -> None:
+    """What a call did to a list, dict or set argument, done to the test's copy."""
+    if after is None:
+        return
+    kind = type(original)
+    new = _unplain(after)
+    if kind is list and type(new) is list:
+        original[:] = new
+    elif kind in (dict, set) and type(new) is kind:
+        original.clear()
+        original.update(new)
+
+
+def _rebuilt(name: str, message: Any) -> BaseException:
+    """The program's exception, here: the built-in of that name (so that a
+    test's `except ValueError` works), or a fresh class with its name."""
+    name = name[:100]
+    text = message if type(message) is str else name
+    text = text.split(": ", 1)[1] if text.startswith(name + ": ") else text
+    if text == name:
+        text = ""
+    kind = getattr(builtins, name, None)
+    if (isinstance(kind, type) and issubclass(kind, Exception)
+            and kind.__module__ == "builtins"):  # fmt: skip
+        try:
+            return kind(text) if text else kind()
+        except BaseException:  # some take other arguments
+            pass
+    try:
+        rebuilt: BaseException = type(name, (Exception,), {})(text)
+        return rebuilt
+    except BaseException:  # not a name a class can have
+        return Exception(f"{name}: {text}")
+
+
+def _judge_apart(program: _Program, test: str, index: int, job: Job) -> str:
+    """Run a test that could not be split in a fresh fork of the harness, a
+    process the program never ran in, with the program's functions as
+    `_Remote`s: whatever the program did to its own interpreter (built-ins,
+    modules, the harness's functions), the test's own code runs untouched.
+    Its status comes back on a pipe of its own."""
+    assert program.link is not None
+    status_r, status_w = os.pipe()
+    timeout_s = float(job["per_test_timeout_s"])
+    try:
+        pid = os.fork()
+    except OSError as error:
+        os.close(status_r)
+        os.close(status_w)
+        return _no_fork(error)
+    if pid == 0:
+        code = 0
+        try:
+            os.setpgid(0, 0)
+            os.close(status_r)
+            os.close(program.out_fd)
+            program.link.next_id = (index + 1) << 32  # ids no other judge uses
+            scope: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": builtins}
+            for name in program.names:
+                scope[name] = _Remote(name, program.link)
+            status = _run_test(test, index, scope, timeout_s)
+            _flush()
+            os.write(status_w, status.encode()[:400])
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(status_w)
+    status, _ = _await_fork(pid, status_r, timeout_s + 0.5)
+    if status in ("passed", "timed out") or status.startswith(("failed: ", "error: ")):
+        return status
+    return "error: the test's process ended without a status"
+
+
+def _no_fork(error: OSError) -> str:
+    """A fork the harness could not make: the program (or what it left
+    running) holds every process the run may have."""
+    return f"error: no process for it ({error.strerror}; the run's process limit?)"
+
+
+def _await_fork(pid: int, status_r: int, timeout_s: float) -> tuple[str, int]:
+    """(what the fork wrote on its status pipe, its wait status) once it
+    ended, or ("timed out", ...) when it had not after `timeout_s`; its process
+    group is killed either way. One read: a status is one write (atomic on a
+    pipe), and a child the fork left holding the pipe open must not make a
+    finished fork look hung."""
+    data = b""
+    reaped: int | None = None
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        data = os.read(status_r, 400)
+        reaped = os.waitpid(pid, 0)[1]  # a status written early is no end
+    except _TestTimeout:
+        data = b"timed out"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        os.close(status_r)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if reaped is None:
+        reaped = os.waitpid(pid, 0)[1]
+    return data.decode("utf-8", "replace"), reaped
+
+
+def _ended(wait_status: int) -> str:
+    """A fork that ended without a status: how, as a status."""
+    if os.WIFSIGNALED(wait_status):
+        return f"error: killed by signal {os.WTERMSIG(wait_status)}"
+    code = os.waitstatus_to_exitcode(wait_status)
+    return "ran" if code == 0 else f"error: exit {code}"
+
+
+def _run_test(test: str, index: int, scope: dict[str, Any], timeout_s: float) -> str:
+    try:
+        code = compile(test, f"<test {index}>", "exec")
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        exec(code, scope)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "passed"
+    except _TestTimeout:
+        return "timed out"
+    except AssertionError as exc:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "failed: " + _describe(exc) if str(exc) else "failed: AssertionError"
+    except BaseException as exc:  # any failure is the test's result
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "error: " + _describe(exc)
+
+
+def _run_tests(job: Job, out_fd: int, report: Report) -> None:
+    """The function kind: load the program in its own process, then each test:
+    a split one's holes evaluated there (the parent judges the values), any
+    other judged apart. A program that stopped answering is restarted."""
+    program = _Program(job, out_fd)
+    try:
+        status = program.start()
+        report({"event": "loaded", "status": status})
+        if status != "ok":
+            return
+        timeouts = 0
+        evals = job.get("evals") or [None] * len(job["tests"])
+        for index, (test, split) in enumerate(zip(job["tests"], evals, strict=True)):
+            if timeouts >= job["max_timeouts"]:
+                break  # a program that hangs once usually hangs again: spare the budget
+            if program.link is None:
+                report({"event": "reloading"})
+                if program.start() != "ok":
+                    break  # it loaded once: what changed is the program's doing
+            stuck = False
+            if split is not None:
+                request = {"op": "values", "prelude": split["prelude"], "holes": split["holes"],
+                           "cap": job["max_value_bytes"]}  # fmt: skip
+                reply = program.ask(request, float(job["per_test_timeout_s"]))
+                stuck = bool(reply.get("stuck"))
+                if type(reply.get("values")) is list:
+                    report({"event": "values", "index": index, "values": reply["values"]})
+                    continue
+                status = _status_of(reply)
+            else:
+                status = _judge_apart(program, test, index, job)
+                stuck = status == "timed out"
+            timeouts += status == "timed out"
+            report({"event": "test", "index": index, "status": status})
+            if stuck:  # it may still be running the last request: start afresh
+                program.stop()
+    finally:
+        program.stop()
+        report({"event": "done"})
+
+
+# -- the whole-program kind ------------------------------------------------------------
+
+
+def _run_cases(job: Job, out_fd: int, report: Report) -> None:
+    """A whole program, run once per input, each in a fresh fork of the
+    harness, as `__main__` with that input on fd 0 (so `input()`, `sys.stdin`
+    and `open(0)` all read it) and fd 1 going to a file in the private tmpfs.
+    The harness reads the file's first bytes and how the fork ended; the
+    parent compares them with what is expected. No case sees what another
+    left in the interpreter, and none can write on the result channel."""
+    try:
+        code = compile(job["program"], "<solution>", "exec")
+    except BaseException as exc:  # a syntax error is a result
+        report({"event": "loaded", "status": "error: " + _describe(exc)})
+        return
+    report({"event": "loaded", "status": "ok"})
+    timeouts = 0
+    for index, text in enumerate(job["inputs"]):
+        if timeouts >= job["max_timeouts"]:
+            break
+        status, output, truncated = _run_case(job, out_fd, code, index, text)
+        timeouts += status == "timed out"
+        report({"event": "case", "index": index, "status": status, "stdout": output,
+                "truncated": truncated})  # fmt: skip
+    report({"event": "done"})
+
+
+def _run_case(job: Job, out_fd: int, code: Any, index: int, text: str) -> tuple[str, str, bool]:
+    cap = int(job["max_case_output_bytes"])
+    timeout_s = float(job["per_test_timeout_s"])
+    in_path, out_path = f"stdin-{index}", f"stdout-{index}"
+    with open(in_path, "w") as f:
+        f.write(text)
+    status_r, status_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError as error:
+        os.close(status_r)
+        os.close(status_w)
+        return _no_fork(error), "", False
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+            os.close(status_r)
+            os.close(out_fd)
+            os.dup2(os.open(in_path, os.O_RDONLY), 0)
+            os.dup2(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            status = _run_main(code, timeout_s)
+            with contextlib.suppress(BaseException):  # a broken stdout is the program's doing
+                sys.stdout.flush()
+            os.write(status_w, status.encode()[:400])
+        finally:
+            os._exit(0)
+    os.close(status_w)
+    status, wait_status = _await_fork(pid, status_r, timeout_s + 0.5)
+    if not (status in ("ran", "timed out") or status.startswith("error: ")):
+        # No word (`os._exit(0)` after printing is an answer), or junk the
+        # program wrote on the pipe: how the fork ended says; its output decides.
+        status = _ended(wait_status)
+    try:
+        with open(out_path, "rb") as f:
+            output = f.read(cap + 1)
+    except OSError:
+        output = b""
+    for path in (in_path, out_path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return status, output[:cap].decode("utf-8", "replace"), len(output) > cap
+
+
+def _run_main(code: Any, timeout_s: float) -> str:
+    try:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "ran"
+    except _TestTimeout:
+        return "timed out"
+    except SystemExit as exc:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "ran" if exc.code in (None, 0) else f"error: exit {exc.code!s:.50}"
+    except BaseException as exc:  # the program is untrusted: any failure is a result
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return "error: " + _describe(exc)
 
 
 def main() -> None:
     job = json.loads(sys.stdin.buffer.read())
-    out = os.fdopen(job["result_fd"], "w", buffering=1)
+    out_fd = job["result_fd"]
+    out = os.fdopen(out_fd, "w", buffering=1, closefd=False)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
 
@@ -343,9 +889,7 @@ def main() -> None:
             # The parent may reap us as soon as it reads this: output first.
             sys.stdout.flush()
             sys.stderr.flush()
-        # The leading newline ends whatever the program left unterminated on
-        # the pipe, so that junk cannot swallow this line.
-        out.write("\n" + json.dumps(event) + "\n")
+        out.write(json.dumps(event) + "\n")
 
     libc = _libc()
     isolation = _isolate(job, libc, report)
@@ -357,118 +901,17 @@ def main() -> None:
     _limit(job)
     _drop_privileges(job, libc)
     isolation["seccomp"] = _deny_shared_kernel_state(libc)
+    # Not dumpable: no process of this uid (the program's) may read or write
+    # this one's memory or open its fds through /proc.
+    isolation["apart"] = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     isolation["uid"] = os.getuid()
     report({"event": "ready", "isolation": isolation})
 
     signal.signal(signal.SIGALRM, _on_alarm)
     if job.get("inputs") is not None:
-        _run_program(job, report)
-        return
-    namespace: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": __builtins__}
-    try:
-        signal.setitimer(signal.ITIMER_REAL, job["program_timeout_s"])
-        exec(compile(job["program"], "<solution>", "exec"), namespace)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report({"event": "loaded", "status": "ok"})
-    except _TestTimeout:
-        report({"event": "loaded", "status": "timed out"})
-        return
-    except BaseException as exc:  # the program is untrusted: any failure is a result
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report({"event": "loaded", "status": "error: " + _describe(exc)})
-        return
-
-    timeouts = 0
-    evals = job.get("evals") or [None] * len(job["tests"])
-    for index, (test, split) in enumerate(zip(job["tests"], evals, strict=True)):
-        if timeouts >= job["max_timeouts"]:
-            break  # a program that hangs once usually hangs again: spare the budget
-        scope = dict(namespace)  # a test's assignments do not leak into the next
-        try:
-            if split is not None:
-                # Only values go back: the parent holds the expected ones and judges.
-                signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
-                values = _values_of(split, scope, job["max_value_bytes"])
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                report({"event": "values", "index": index, "values": values})
-                continue
-            code = compile(test, f"<test {index}>", "exec")
-            signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
-            exec(code, scope)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            status = "passed"
-        except _TestTimeout:
-            status = "timed out"
-            timeouts += 1
-        except AssertionError as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            status = "failed: " + _describe(exc) if str(exc) else "failed: AssertionError"
-        except BaseException as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            status = "error: " + _describe(exc)
-        report({"event": "test", "index": index, "status": status})
-    report({"event": "done"})
-
-
-def _run_program(job: Job, report: Report) -> None:
-    """A whole program, run once per input as `__main__` with that input on fd 0
-    (so `input()`, `sys.stdin` and `open(0)` all read it) and fd 1 going to a
-    file in the private tmpfs, whose first bytes go back to the parent. The
-    parent compares them with what is expected: the verdict is not made here."""
-    try:
-        code = compile(job["program"], "<solution>", "exec")
-    except BaseException as exc:  # a syntax error is a result
-        report({"event": "loaded", "status": "error: " + _describe(exc)})
-        return
-    report({"event": "loaded", "status": "ok"})
-    cap = int(job["max_case_output_bytes"])
-    saved_out = os.dup(1)
-    timeouts = 0
-    for index, text in enumerate(job["inputs"]):
-        if timeouts >= job["max_timeouts"]:
-            break
-        in_path, out_path = f"stdin-{index}", f"stdout-{index}"
-        with open(in_path, "w") as f:
-            f.write(text)
-        in_fd = os.open(in_path, os.O_RDONLY)
-        out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sys.stdout.flush()
-        # The previous case may have closed fd 0 or 1 (`open(0)` does when its
-        # file is collected): then os.open returned that very number.
-        for fd, target in ((in_fd, 0), (out_fd, 1)):
-            if fd != target:
-                os.dup2(fd, target)
-                os.close(fd)
-        real_stdin, real_stdout = sys.stdin, sys.stdout
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        status = "ran"
-        try:
-            signal.setitimer(signal.ITIMER_REAL, job["per_test_timeout_s"])
-            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except _TestTimeout:
-            status = "timed out"
-            timeouts += 1
-        except SystemExit as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            if exc.code not in (None, 0):
-                status = f"error: exit {exc.code!s:.50}"
-        except BaseException as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            status = "error: " + _describe(exc)
-        with contextlib.suppress(BaseException):  # a broken stdout is the program's doing
-            sys.stdout.flush()
-        sys.stdin, sys.stdout = real_stdin, real_stdout
-        os.dup2(saved_out, 1)
-        with open(out_path, "rb") as f:
-            output = f.read(cap + 1)
-        os.remove(out_path)
-        os.remove(in_path)
-        report({"event": "case", "index": index, "status": status,
-                "stdout": output[:cap].decode("utf-8", "replace"),
-                "truncated": len(output) > cap})  # fmt: skip
-    report({"event": "done"})
+        _run_cases(job, out_fd, report)
+    else:
+        _run_tests(job, out_fd, report)
 
 
 if __name__ == "__main__":

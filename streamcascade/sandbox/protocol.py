@@ -64,6 +64,8 @@ class ResultChannel:
     isolation_errors: list[str] = field(default_factory=list)
     n_dropped: int = 0
     """Lines that were not a well-formed event: junk or forgery, dropped."""
+    reloads: int = 0
+    """Times the harness restarted the program's process."""
 
     def __post_init__(self) -> None:
         self.statuses = ["not run"] * self.n_cases
@@ -126,6 +128,13 @@ class ResultChannel:
             return "step"
         if kind in ("test", "case"):
             return self._reported(kind, event)
+        if kind == "reloading":
+            # The harness restarts a program that stopped answering (after a
+            # timeout): its load gets the load's budget. Only after a test.
+            if self.load_status != "ok" or self.reloads >= self.n_cases:
+                raise ValueError("a reload with nothing to reload for")
+            self.reloads += 1
+            return "ready"
         if kind == "done":
             return "done"
         raise ValueError(f"unknown event {kind[:40]!r}")

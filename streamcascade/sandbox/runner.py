@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _HARNESS = Path(__file__).with_name("_harness.py")
 _STARTUP_GRACE_S = 10.0  # interpreter start + namespace setup on a loaded machine
-_GRACE_S = 1.0  # on top of the child's own per-test alarm
+_GRACE_S = 2.0  # on top of the harness's own per-test deadline (itself 0.5 s past the test's)
 
 
 class SandboxError(RuntimeError):
@@ -62,9 +62,11 @@ class ExecutionResult:
     run on inputs without expected outputs, or an expression evaluated for its
     value, "ran" where it ended normally.
     `outputs[i]`: what the program printed on input i (programs only).
-    `trusted[i]`: test i was judged here, from plain values the child sent
-    (see `verdicts`); False: it ran the old way, judged inside the child,
-    where the program could have forged it.
+    `trusted[i]`: test i was judged where the program could not reach it:
+    here, from plain values the program's process sent (see `verdicts`), or
+    in a fork of the harness that never ran the program, which called its
+    functions across a pipe. False: judged where the program ran (no test
+    is, today; the field stays for results recorded before).
     `values[i]`: the plain value of expression i (`Sandbox.values` only).
     """
 
@@ -281,8 +283,8 @@ class Sandbox:
             if cgroup is None:
                 try:
                     cgroup = RunCgroup(
-                        f"slot-{uid}", self._config.memory_mb, self._config.max_processes + 2
-                    )  # +2: the harness and pid 1 of its namespace
+                        f"slot-{uid}", self._config.memory_mb, self._config.max_processes + 4
+                    )  # +4: pid 1 of its namespace, the harness, a test judged apart, slack
                 except CgroupError as error:
                     log.warning("%s", error)
                     return None
@@ -508,7 +510,9 @@ class Sandbox:
             killed=killed,
             isolation=channel.isolation,
             outputs=channel.outputs,
-            trusted=[plan is not None for plan in split],
+            # Every test is judged where the program cannot reach: from its
+            # values here, or by a harness fork that never ran it (`_harness`).
+            trusted=[True] * len(split),
             values=channel.values,
         )
 
@@ -528,6 +532,7 @@ class Sandbox:
         absolute_deadline = (
             time.monotonic() + _STARTUP_GRACE_S + config.program_timeout_s
             + config.per_test_timeout_s * max(n_cases, 1) + 2 * _GRACE_S
+            + (config.program_timeout_s + _GRACE_S) * config.max_timeouts  # reloads
         )  # fmt: skip
         deadline = time.monotonic() + _STARTUP_GRACE_S
         killed = False
