@@ -61,7 +61,10 @@ class HedgeThresholdPolicy:
 
     >>> policy = HedgeThresholdPolicy(mu=1.0, horizon=100, seed=0)
     >>> decision = policy.decide(0.9)
-    >>> policy.update(0.9, answer_wrong=False, defer_cost_usd=0.5, observed=True, p_observed=1.0)
+    >>> losses = policy.update(0.9, answer_wrong=False, defer_cost_usd=0.5, observed=True,
+    ...                        p_observed=1.0)
+    >>> losses[-1]  # each threshold's loss: deferring at 0.9 cost 0.5 where accepting was right
+    0.5
     """
 
     def __init__(
