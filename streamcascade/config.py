@@ -238,7 +238,7 @@ class RouterConfig(BaseModel):
         gt=0,
         description="Of the estimators' Gaussian prior on each weight: how many labels' "
         "worth of evidence the prior (the fixed rule's beliefs) holds. Strong, so that the "
-        "router leaves the fixed rule only on evidence (measured in the README).",
+        "router leaves the fixed rule only on evidence (measured in docs/learning.md).",
     )
     forgetting: float = Field(
         default=0.999, gt=0, le=1, description="Per update: old evidence fades, for drift."
@@ -255,7 +255,7 @@ class RouterConfig(BaseModel):
         default=0.0,
         ge=0,
         description="Weight of the request's own features in the ex-ante estimates (0: not "
-        "used; on both recorded ladders they did not help, see the README).",
+        "used; on both recorded ladders they did not help, see docs/learning.md).",
     )
     answer_margin: float = Field(
         default=0.05,
@@ -554,7 +554,7 @@ def load_config(path: Path | None = None) -> AppConfig:
     then apply the environment. A file that is missing, not YAML or not a
     valid config is an `InputError` naming the file, the line and the field."""
     source = path or default_config_path()
-    hint = "see configs/ for examples; every field is in the README's Configuration section"
+    hint = "see configs/ for examples; every field is in docs/configuration.md"
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:

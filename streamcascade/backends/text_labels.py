@@ -154,7 +154,7 @@ class OnlineLabeler:
     features, learning label by label as they arrive, and a
     `PrecisionAtConfidence` fed prequentially (each label is first predicted,
     then learned), so its confidence is measured on requests it had not seen.
-    Measured on a real commit stream: the README's "The cheap learner".
+    Measured on a real commit stream: docs/learning.md, "The cheap learner".
 
     Examples
     --------
