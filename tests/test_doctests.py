@@ -13,7 +13,11 @@ import connectors
 import streamcascade
 
 # Run by path in the sandbox (never imported by the package), and the entry point.
-NOT_MODULES = {"streamcascade.sandbox._harness", "streamcascade.__main__"}
+NOT_MODULES = {
+    "streamcascade.sandbox._harness",
+    "streamcascade.__main__",
+    "streamcascade.cli.__main__",
+}
 
 
 def _modules() -> list[str]:

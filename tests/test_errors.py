@@ -174,7 +174,7 @@ def _replay_only(tmp_path: Path) -> Path:
 def test_a_bug_is_one_line_and_debug_shows_its_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import streamcascade.cli as cli
+    import streamcascade.cli.stream as cli
 
     def broken(_: object) -> int:
         raise ZeroDivisionError("division by zero")

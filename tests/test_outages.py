@@ -482,7 +482,7 @@ def test_a_stop_while_the_broker_is_down_hands_the_batch_back_and_nothing_is_los
 def test_serve_gives_up_on_an_outage_with_the_unavailable_exit_code(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from streamcascade.cli import _report
+    from streamcascade.cli.logs import report_error as _report
 
     assert _report(BrokerOutage("Kafka unreachable for 61 s, over kafka.outage_limit_s")) == 4
     assert "outage_limit_s" in capsys.readouterr().err
