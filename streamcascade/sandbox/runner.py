@@ -217,6 +217,94 @@ def reclaim_stale_groups() -> int:
     return n_removed
 
 
+def _job(
+    config: SandboxConfig,
+    program: str,
+    tests: list[str],
+    inputs: list[str] | None,
+    split: list[TestPlan | None],
+    uid: int | None,
+    workdir: str,
+    write_fd: int,
+) -> dict[str, object]:
+    """What the harness is told: the program, its tests (a split test only as
+    its holes: its text, with the expected values, never reaches the child),
+    the limits and the isolation to set up."""
+    expose, hide = _exposed(tuple(config.packages))
+    sent_tests = (
+        [t if plan is None else "" for t, plan in zip(tests, split, strict=True)]
+        if split
+        else tests
+    )
+    evals = [
+        None if plan is None else {"prelude": plan.prelude, "holes": plan.holes} for plan in split
+    ]
+    return {
+        "program": program,
+        "tests": sent_tests,
+        "evals": evals,
+        "max_value_bytes": MAX_VALUE_BYTES,
+        "inputs": inputs,
+        "max_case_output_bytes": config.max_output_bytes,
+        "result_fd": write_fd,
+        "workdir": workdir,
+        "uid": uid,
+        "isolate_network": config.isolate_network,
+        "per_test_timeout_s": config.per_test_timeout_s,
+        "program_timeout_s": config.program_timeout_s,
+        "cpu_s": config.program_timeout_s
+        + config.per_test_timeout_s * max(len(tests), len(inputs or ()), 1),
+        "memory_mb": config.memory_mb,
+        "max_processes": config.max_processes,
+        "max_timeouts": config.max_timeouts,
+        "max_file_mb": config.max_file_mb,
+        "tmpfs_mb": config.max_file_mb * 4,
+        "tmpfs_inodes": config.max_files,
+        "expose": expose,
+        "hide": hide,
+    }
+
+
+def _spawn(workdir: str, read_fd: int, write_fd: int) -> subprocess.Popen[bytes]:
+    """The harness, in a session of its own (its process group is killed as
+    one), holding the write end of the result pipe; SandboxError if it
+    cannot start (the pipe and the work dir are gone then)."""
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-B", str(_HARNESS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            cwd=workdir,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise SandboxError(f"could not start the sandbox child: {exc}") from exc
+    os.close(write_fd)
+    return child
+
+
+def _refuse_if_unisolated(channel: ResultChannel, err_reader: _CappedReader) -> None:
+    """SandboxError where the run lacked isolation it must have (fail closed),
+    or the harness died before it could say what it got."""
+    if channel.refused:
+        raise SandboxError(
+            f"this host did not give the sandbox {', '.join(channel.refused)} isolation "
+            f"({'; '.join(channel.isolation_errors) or 'see isolation in the result'}): "
+            f"refusing to run untrusted code without it; set "
+            f"sandbox.accept_missing_isolation: [{', '.join(channel.refused)}] to run with less"
+        )
+    if channel.load_status == "not run" and not channel.isolation:
+        raise SandboxError(
+            f"sandbox child failed before running the program: {err_reader.text()[-2000:]}"
+        )
+
+
 class Sandbox:
     """Runs untrusted Python programs against assert lines. Thread-safe.
 
@@ -394,68 +482,20 @@ class Sandbox:
         inputs: list[str] | None = None,
         plans: list[TestPlan] | None = None,
     ) -> ExecutionResult:
+        """One run: spawn the harness, feed the result channel to the end, reap
+        everything (on every path out), then the result."""
         config = self._config
         uid = self._uid_of(slot)
         cgroup = self._cgroup_of(slot, uid)
-        expose, hide = _exposed(tuple(config.packages))
         if plans is None:
             split = [plan_test(t) for t in tests] if inputs is None else []
         else:
             split = list(plans)
-        # A split test's text (with its expected values) never reaches the child.
-        sent_tests = (
-            [t if plan is None else "" for t, plan in zip(tests, split, strict=True)]
-            if split
-            else tests
-        )
-        evals = [
-            None if plan is None else {"prelude": plan.prelude, "holes": plan.holes}
-            for plan in split
-        ]
         workdir = tempfile.mkdtemp(prefix="streamcascade-sandbox-")
         read_fd, write_fd = os.pipe()
         started = time.perf_counter()
-        job = {
-            "program": program,
-            "tests": sent_tests,
-            "evals": evals,
-            "max_value_bytes": MAX_VALUE_BYTES,
-            "inputs": inputs,
-            "max_case_output_bytes": config.max_output_bytes,
-            "result_fd": write_fd,
-            "workdir": workdir,
-            "uid": uid,
-            "isolate_network": config.isolate_network,
-            "per_test_timeout_s": config.per_test_timeout_s,
-            "program_timeout_s": config.program_timeout_s,
-            "cpu_s": config.program_timeout_s
-            + config.per_test_timeout_s * max(len(tests), len(inputs or ()), 1),
-            "memory_mb": config.memory_mb,
-            "max_processes": config.max_processes,
-            "max_timeouts": config.max_timeouts,
-            "max_file_mb": config.max_file_mb,
-            "tmpfs_mb": config.max_file_mb * 4,
-            "tmpfs_inodes": config.max_files,
-            "expose": expose,
-            "hide": hide,
-        }
-        try:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-B", str(_HARNESS)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(write_fd,),
-                start_new_session=True,  # its own process group, killed as one
-                cwd=workdir,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            )
-        except OSError as exc:
-            os.close(read_fd)
-            os.close(write_fd)
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise SandboxError(f"could not start the sandbox child: {exc}") from exc
-        os.close(write_fd)
+        job = _job(config, program, tests, inputs, split, uid, workdir, write_fd)
+        child = _spawn(workdir, read_fd, write_fd)
         channel = ResultChannel(
             n_cases=len(inputs) if inputs is not None else len(tests), split=split,
             inputs=inputs, want_values=plans is not None,
@@ -489,18 +529,7 @@ class Sandbox:
                 if reader.is_alive() or reader.ident is not None:
                     reader.join(timeout=5)
             shutil.rmtree(workdir, ignore_errors=True)
-        if channel.refused:
-            raise SandboxError(
-                f"this host did not give the sandbox {', '.join(channel.refused)} isolation "
-                f"({'; '.join(channel.isolation_errors) or 'see isolation in the result'}): "
-                f"refusing to run untrusted code without it; set "
-                f"sandbox.accept_missing_isolation: [{', '.join(channel.refused)}] to run with less"
-            )
-        if channel.load_status == "not run" and not channel.isolation:
-            stderr_text = err_reader.text()
-            raise SandboxError(
-                f"sandbox child failed before running the program: {stderr_text[-2000:]}"
-            )
+        _refuse_if_unisolated(channel, err_reader)
         return ExecutionResult(
             load_status=channel.load_status,
             test_status=channel.statuses,
