@@ -152,7 +152,13 @@ class Attempt(BaseModel):
     best_solution_index: int | None
     score: float = Field(description="Acceptance score of the best solution, in [0, 1].")
     threshold: float
-    accepted: bool
+    accepted: bool = Field(
+        default=False,
+        description="What the policy made of this attempt, stamped by it (a level returns "
+        "scores, never decisions): for the fixed cascade, its answer was published on its "
+        "own rule (the top publishes whatever it scored, accepted or not); for the router, "
+        "its answer was published; for Hedge, its sampled threshold accepted it.",
+    )
     tests: TestSummary | None
     tokens_in: int
     tokens_out: int

@@ -68,6 +68,11 @@ def observation_of(position: int, outcome: LevelOutcome) -> Observation:
     )
 
 
+def meets_threshold(attempt: Attempt) -> bool:
+    """The level's own rule: an answer whose score reaches its threshold."""
+    return attempt.best_solution_index is not None and attempt.score >= attempt.threshold
+
+
 class Driver:
     """A policy that does not learn (the fixed cascade, or any `CascadePolicy`).
 
@@ -117,8 +122,12 @@ class Driver:
 
     def annotate(self, state: RouteState, position: int, attempt: Attempt, published: int | None
                  ) -> Attempt:  # fmt: skip
-        """The attempt as the answer records it (what the policy made of it)."""
-        return attempt
+        """The attempt as the answer records it, stamped with what the policy made
+        of it. A policy that does not learn publishes the first answer that meets
+        its level's threshold, or the top's: accepted is published on that rule."""
+        return attempt.model_copy(
+            update={"accepted": position == published and meets_threshold(attempt)}
+        )
 
     def finish(
         self,

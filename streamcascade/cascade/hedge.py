@@ -246,7 +246,7 @@ class HedgeDriver(Driver):
                  ) -> Attempt:  # fmt: skip
         decision = _flight(state).decisions.get(position)
         if decision is None:
-            return attempt
+            return super().annotate(state, position, attempt, published)
         return attempt.model_copy(
             update={"accepted": decision.would_accept, "threshold": decision.threshold}
         )

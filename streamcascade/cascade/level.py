@@ -359,7 +359,6 @@ class Level:
             best_solution_index=best_index,
             score=score,
             threshold=threshold,
-            accepted=best_index is not None and score >= threshold,
             tests=_summary(best_result, columns) if best_result is not None else None,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
@@ -367,13 +366,7 @@ class Level:
             sandbox_s=run.sandbox_s,
             cost_usd=cost_usd(config, tokens_in, tokens_out),
         )
-        log.debug(
-            "level %d on %s: score %.2f accepted=%s",
-            self.index,
-            request.id,
-            score,
-            attempt.accepted,
-        )
+        log.debug("level %d on %s: score %.2f", self.index, request.id, score)
         return LevelOutcome(attempt=attempt, code=code, tests=tests)
 
     def _vote(
@@ -411,7 +404,6 @@ class Level:
             best_solution_index=best_index,
             score=score,
             threshold=config.threshold,
-            accepted=label_or_none is not None and score >= config.threshold,
             tests=None,
             tokens_in=tokens_in,
             tokens_out=tokens_out,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from streamcascade.backends import BackendError, generation_deadline
 from streamcascade.cascade.answer import RequestFailed, build_answer
-from streamcascade.cascade.drivers import SELF, Driver, RouterDriver, Runner
+from streamcascade.cascade.drivers import SELF, Driver, RouterDriver, Runner, meets_threshold
 from streamcascade.cascade.labeler import Labeler
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.learning.protocol import OnlineLearner
@@ -295,7 +295,9 @@ class RoutedCascadeEngine:
                     return RequestFailed(f"backend_unavailable: {why or 'no level answered'}")
                 answer, level = flight.fallback, self.fallback
                 assert level is not None
-                attempts.append(answer.attempt)
+                # The fallback publishes whatever it answered, on its own rule.
+                accepted = meets_threshold(answer.attempt)
+                attempts.append(answer.attempt.model_copy(update={"accepted": accepted}))
             else:
                 answer, level = outcomes[published], self.levels[published]
             fields = {"code": answer.code, "level": level.index, "model": answer.attempt.model,
