@@ -15,8 +15,8 @@ from streamcascade.learning.deferral import HedgeThresholdPolicy
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.imitation import agreement, probe_calls
 from streamcascade.learning.learner import CascadeLearner, Pending
+from streamcascade.learning.level0 import Level0Router
 from streamcascade.learning.memory import ExemplarMemory
-from streamcascade.learning.router import Level0Router
 from streamcascade.learning.snapshots import SnapshotStore
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest, Feedback

@@ -17,14 +17,14 @@ from streamcascade.cascade.online import Labeler
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig, LevelConfig, RouterConfig
 from streamcascade.learning.bayes import BayesLogit
-from streamcascade.learning.route_learner import RouteLearner, state_from_dict, state_to_dict
-from streamcascade.learning.routing import (
+from streamcascade.learning.policies import (
     CascadeRouter,
     FixedCascadePolicy,
     Observation,
     RouterSettings,
     RouteState,
 )
+from streamcascade.learning.router_learner import RouteLearner, state_from_dict, state_to_dict
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest, Feedback
 
@@ -360,7 +360,7 @@ def _duplicated_ladder(router: CascadeRouter, n: int = 300) -> None:
 
 
 def test_a_model_that_only_repeats_one_that_ran_stops_being_worth_running() -> None:
-    from streamcascade.learning.routing import value_features
+    from streamcascade.learning.policies import value_features
 
     router = CascadeRouter(RouterSettings(n_levels=3, explore_floor=0.0, seed=0))
     _duplicated_ladder(router)

@@ -43,7 +43,7 @@ from streamcascade.benchtools.routebench import (
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
-from streamcascade.learning.route_learner import RouteLearner
+from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import CodeRequest, Feedback
 from streamcascade.tasks import LevelOutcome
 
@@ -452,7 +452,7 @@ def adapt_bench(
         # An outage fails a level on every request it is tried on: a warning
         # each in the service, thousands of lines in a bench.
         # A level joining is logged once per restart: once per order and run here.
-        names = ("streamcascade.cascade.routed", "streamcascade.learning.route_learner")
+        names = ("streamcascade.cascade.routed", "streamcascade.learning.router_learner")
         quiet = [logging.getLogger(name) for name in names]
         levels_before = [logger.level for logger in quiet]
         for logger in quiet:

@@ -380,7 +380,7 @@ def real_learn(
     cascade, one pass in order, every level's attempt shared (deterministic
     models). `weight`: one call of the top level weighs this many wrong answers."""
     from streamcascade.cascade.routed import RoutedCascadeEngine
-    from streamcascade.learning.route_learner import RouteLearner
+    from streamcascade.learning.router_learner import RouteLearner
 
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = caching_levels(config, sandbox)

@@ -42,8 +42,8 @@ from streamcascade.benchtools.learnbench import (
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
-from streamcascade.learning.route_learner import RouteLearner
-from streamcascade.learning.routing import Observation, RouteState
+from streamcascade.learning.policies import Observation, RouteState
+from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import CodeRequest, Feedback
 
 # Weights of a wrong answer, in top calls, at which the ceiling is reported.

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from streamcascade.cascade.labeler import Labeler
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.config import AppConfig
+from streamcascade.learning.policies import CascadePolicy, Observation, RouteState
 from streamcascade.learning.protocol import OnlineLearner
-from streamcascade.learning.route_learner import RouteLearner
-from streamcascade.learning.routing import CascadePolicy, Observation, RouteState
+from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import Attempt, CodeRequest, Feedback, RouteStep
 
 SELF = -2

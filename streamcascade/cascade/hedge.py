@@ -22,9 +22,9 @@ from streamcascade.cascade.labeler import Labeler
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.config import AppConfig
 from streamcascade.learning.budget import Arm, Shape
-from streamcascade.learning.deferral import Decision
+from streamcascade.learning.deferral import DeferralDecision
 from streamcascade.learning.learner import CascadeLearner, RequestTrace
-from streamcascade.learning.routing import RouteState
+from streamcascade.learning.policies import RouteState
 from streamcascade.schemas import Attempt, CodeRequest, Feedback, RouteStep
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _decision_score(outcome: LevelOutcome) -> float:
     return -1.0 if no_answer else outcome.attempt.score
 
 
-def _figures(decision: Decision, score: float) -> dict[str, float]:
+def _figures(decision: DeferralDecision, score: float) -> dict[str, float]:
     return {
         "score": round(score, 4),
         "threshold": round(decision.threshold, 4),
@@ -110,7 +110,7 @@ class _HedgeFlight:
     """Positions whose answer was published while the request went on up."""
     explored_level0: bool = False
     scores: dict[int, float] = field(default_factory=dict)
-    decisions: dict[int, Decision] = field(default_factory=dict)
+    decisions: dict[int, DeferralDecision] = field(default_factory=dict)
     arms: dict[int, tuple[int, Arm]] = field(default_factory=dict)
     sweep: tuple[int, dict[Shape, LevelOutcome]] | None = None
     failed: set[int] = field(default_factory=set)

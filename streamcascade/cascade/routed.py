@@ -22,9 +22,9 @@ from streamcascade.cascade.answer import RequestFailed, build_answer
 from streamcascade.cascade.drivers import SELF, Driver, RouterDriver, Runner, meets_threshold
 from streamcascade.cascade.labeler import Labeler
 from streamcascade.cascade.level import Level, LevelOutcome
+from streamcascade.learning.policies import CascadePolicy, FixedCascadePolicy, RouteState
 from streamcascade.learning.protocol import OnlineLearner
-from streamcascade.learning.route_learner import RouteLearner
-from streamcascade.learning.routing import CascadePolicy, FixedCascadePolicy, RouteState
+from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, LevelFailure
 from streamcascade.tasks import Answer, check_request
 

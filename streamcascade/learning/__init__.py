@@ -1,5 +1,5 @@
 """Online learning for the cascade (issue 3): deferral policies so far."""
 
-from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
+from streamcascade.learning.deferral import DeferralDecision, HedgeThresholdPolicy
 
-__all__ = ["Decision", "HedgeThresholdPolicy"]
+__all__ = ["DeferralDecision", "HedgeThresholdPolicy"]

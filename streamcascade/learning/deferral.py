@@ -45,7 +45,7 @@ def json_rng_state(state: tuple[Any, ...]) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class Decision:
+class DeferralDecision:
     accept: bool
     """What the level does: answer (True) or send the request up."""
     would_accept: bool
@@ -127,7 +127,7 @@ class HedgeThresholdPolicy:
             return p_accept * (1 - p_explore)
         return p_accept + (1 - p_accept) * p_explore
 
-    def decide(self, score: float) -> Decision:
+    def decide(self, score: float) -> DeferralDecision:
         index = self._rng.choices(range(len(self.thresholds)), weights=self.probabilities())[0]
         threshold = self.thresholds[index]
         would_accept = score >= threshold
@@ -138,7 +138,7 @@ class HedgeThresholdPolicy:
         else:
             explored = not would_accept and self._rng.random() < p_explore
             accept = would_accept or explored
-        return Decision(
+        return DeferralDecision(
             accept=accept,
             would_accept=would_accept,
             threshold=threshold,

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from streamcascade.config import LearningConfig
-from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
+from streamcascade.learning.deferral import DeferralDecision, HedgeThresholdPolicy
 from streamcascade.learning.drift import DriftMonitor
-from streamcascade.learning.router import Level0Router
+from streamcascade.learning.level0 import Level0Router
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Level0Gate:
         self.policy = policy
         self.drift = DriftMonitor(config.drift_delta)
 
-    def plan(self, features: dict[str, float]) -> tuple[float, float, Decision]:
+    def plan(self, features: dict[str, float]) -> tuple[float, float, DeferralDecision]:
         """(P(level 1 answers well), P(the gate tries level 1), the decision)."""
         p_level1 = self.router.predict_features(features)
         p_try = self.policy.p_act_accept(p_level1)
@@ -47,7 +47,7 @@ class Level0Gate:
         features: dict[str, float],
         p_level1: float,
         p_try: float,
-        first: tuple[Decision, float, bool | None] | None,
+        first: tuple[DeferralDecision, float, bool | None] | None,
         above_cost_usd: float,
         loss_cost: Callable[[float], float],
     ) -> None:

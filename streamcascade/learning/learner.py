@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 from streamcascade.config import LearningConfig
 from streamcascade.learning.budget import Arm, LevelArms
-from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy, json_rng_state
+from streamcascade.learning.deferral import DeferralDecision, HedgeThresholdPolicy, json_rng_state
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.gate import Level0Gate
+from streamcascade.learning.level0 import Level0Classifier, Level0Router
 from streamcascade.learning.memory import ExemplarMemory
-from streamcascade.learning.router import Level0Classifier, Level0Router
 from streamcascade.learning.running import RunningMean
 from streamcascade.learning.snapshots import check_snapshot
 from streamcascade.learning.track import DeferralTrack
@@ -48,7 +48,7 @@ class LevelStep:
 
     position: int
     score: float
-    decision: Decision | None  # None at the top level, which always answers
+    decision: DeferralDecision | None  # None at the top level, which always answers
     p_act_accept: float
     cost_usd: float
     right: bool | None = None  # its label, when one is known
@@ -65,7 +65,7 @@ class RequestTrace:
     request: CodeRequest
     features: dict[str, float]
     p_level1: float | None = None
-    gate: Decision | None = None
+    gate: DeferralDecision | None = None
     p_try: float = 1.0
     exemplar_ids: list[str] = field(default_factory=list)
     steps: list[LevelStep] = field(default_factory=list)
@@ -75,7 +75,7 @@ class RequestTrace:
     # whether level 0 answers itself (None: it knows nothing yet, so it does not).
     label0: str | None = None
     confidence: float | None = None
-    answer0: Decision | None = None
+    answer0: DeferralDecision | None = None
     p_answer0: float = 0.0
     teacher_label: str | None = None  # the label the highest level (or the reference) gave
     reference_labels: bool = False
@@ -97,8 +97,8 @@ class Pending:
 EVENT_VERSION = 1
 
 
-def _decision_from(data: dict[str, Any] | None) -> Decision | None:
-    return Decision(**data) if data is not None else None
+def _decision_from(data: dict[str, Any] | None) -> DeferralDecision | None:
+    return DeferralDecision(**data) if data is not None else None
 
 
 def trace_to_dict(trace: RequestTrace) -> dict[str, Any]:
@@ -225,7 +225,9 @@ class CascadeLearner:
         """Whether level 0's label is the published answer (classification only)."""
         return trace.answer0 is not None and (trace.answer0.accept or trace.answer0.explored)
 
-    def decide(self, trace: RequestTrace, position: int, score: float, cost_usd: float) -> Decision:
+    def decide(
+        self, trace: RequestTrace, position: int, score: float, cost_usd: float
+    ) -> DeferralDecision:
         track = self.classification if trace.request.is_classification else self.generation
         decision, p_act_accept = track.decide(position, score)
         if decision.explored:
@@ -247,7 +249,7 @@ class CascadeLearner:
         cost_usd: float,
         arm_index: int,
         arm: Arm,
-    ) -> Decision:
+    ) -> DeferralDecision:
         """The arm's threshold decides; an accepted answer is still sent up for a
         label with probability `label_share` (it stays the published answer)."""
         share = self.config.arms.label_share
@@ -255,7 +257,7 @@ class CascadeLearner:
         explored = would_accept and self._arms_rng.random() < share
         if explored:
             self.n_explored += 1
-        decision = Decision(would_accept and not explored, would_accept, arm.threshold,
+        decision = DeferralDecision(would_accept and not explored, would_accept, arm.threshold,
                             explored, share)  # fmt: skip
         trace.steps.append(
             LevelStep(
@@ -266,9 +268,9 @@ class CascadeLearner:
 
     def decide_sweep(
         self, trace: RequestTrace, position: int, score: float, cost_usd: float
-    ) -> Decision:
+    ) -> DeferralDecision:
         """A validation sweep never answers: the level above must label every arm."""
-        decision = Decision(False, False, 1.01, False, 0.0)  # 1.01: above every score
+        decision = DeferralDecision(False, False, 1.01, False, 0.0)  # 1.01: above every score
         trace.steps.append(LevelStep(position, score, decision, 0.0, cost_usd, None, "sweep"))
         return decision
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamcascade.config import LearningConfig
-from streamcascade.learning.deferral import Decision, HedgeThresholdPolicy
+from streamcascade.learning.deferral import DeferralDecision, HedgeThresholdPolicy
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.running import RunningMean
 
@@ -53,7 +53,7 @@ class DeferralTrack:
         alone for classification (level 0's defer loss)."""
         self.drift = [DriftMonitor(config.drift_delta) for _ in range(n_levels - 1)]
 
-    def decide(self, position: int, score: float) -> tuple[Decision, float]:
+    def decide(self, position: int, score: float) -> tuple[DeferralDecision, float]:
         """The policy's decision at `position`, and its probability of accepting."""
         policy = self.policies[position]
         p_act_accept = policy.p_act_accept(score)
@@ -71,7 +71,7 @@ class DeferralTrack:
         position: int,
         score: float,
         right: bool | None,
-        decision: Decision,
+        decision: DeferralDecision,
         p_act_accept: float,
         loss_cost: Callable[[float], float],
     ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from streamcascade.config import LearningConfig, LevelConfig
 from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.features import RequestFeaturizer
-from streamcascade.learning.routing import (
+from streamcascade.learning.policies import (
     CascadeRouter,
     Observation,
     RouterSettings,
