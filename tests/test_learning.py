@@ -370,11 +370,11 @@ def test_a_replica_learns_the_same_from_another_replicas_events(sandbox: Sandbox
     ]
     config = LearningConfig(enabled=True, mu=1.0, seed=4, memory=MemoryConfig(enabled=True))
     serving = CascadeLearner(config, 2)
-    events: list[str] = []
-    serving.on_event = lambda event: events.append(json.dumps(event))  # as over Kafka
     engine = OnlineCascadeEngine(levels, serving, Labeler(sandbox, "imitation"))
     for i in range(30):
         engine.process_one(_double(f"e{i}", 'def double(x):\n    """Twice x."""\n'))
+    events = [json.dumps(event) for event in serving.take_events()]  # as over Kafka
+    assert serving.take_events() == []
     replica = CascadeLearner(config, 2)
     for event in events:
         replica.apply_event(json.loads(event))

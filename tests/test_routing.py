@@ -139,8 +139,6 @@ def test_the_learning_loop_labels_by_imitation_and_learns_feedback(sandbox: Sand
         enabled=True, router=RouterConfig(explore_floor=0.0, prior_precision=1.0)
     )
     learner = RouteLearner(learning, [level.config for level in levels])
-    events: list[dict] = []
-    learner.on_event = events.append
     engine = RoutedCascadeEngine(levels, learner=learner, labeler=Labeler(sandbox, "imitation"))
     requests = [
         CodeRequest(id=f"r{i}", prompt=REQUEST.prompt, entry_point="double",
@@ -152,6 +150,7 @@ def test_the_learning_loop_labels_by_imitation_and_learns_feedback(sandbox: Sand
     # wrong. Whenever the big level ran, it labelled the small one wrong.
     assert all(a.attempts[-1].accepted and not any(x.accepted for x in a.attempts[:-1])
                for a in answers)  # fmt: skip
+    events = learner.take_events()
     assert len(events) == 12 and learner.n_requests == 12
     labelled = [e for e in events if e["labels"]]
     assert labelled and all(e["labels"] == {"0": False} for e in labelled)
@@ -198,14 +197,12 @@ def test_route_learner_state_round_trips_and_then_decides_identically() -> None:
 def test_a_learning_event_teaches_a_replica_as_it_taught_the_source() -> None:
     learning = LearningConfig(enabled=True)
     source, replica = (RouteLearner(learning, _level_configs(2)) for _ in range(2))
-    events: list[dict] = []
-    source.on_event = events.append
     for i in range(20):
         state = RouteState({})
         state.add(Observation(0, True, 1.0, 1, 50, 1e-5), {})
         state.add(Observation(1, True, 1.0, 1, 50, 1e-4), {0: i % 2 == 0})
         source.finish(f"r{i}", state, {0: i % 2 == 0}, 1)
-    for event in json.loads(json.dumps(events)):
+    for event in json.loads(json.dumps(source.take_events())):
         replica.apply_event(event)
     assert replica.router.state_dict()["quality"] == source.router.state_dict()["quality"]
     with pytest.raises(ValueError, match="unsupported"):

@@ -20,7 +20,6 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from streamcascade.learning.drift import DriftMonitor
 from streamcascade.learning.gate import Level0Gate
 from streamcascade.learning.level0 import Level0Classifier, Level0Router
 from streamcascade.learning.memory import ExemplarMemory
+from streamcascade.learning.protocol import EventOutbox
 from streamcascade.learning.running import RunningMean
 from streamcascade.learning.snapshots import check_snapshot
 from streamcascade.learning.track import DeferralTrack
@@ -156,8 +156,8 @@ class CascadeLearner:
         self.n_explored = 0
         self.n_skipped = 0
         self.last_trace: RequestTrace | None = None
-        self.on_event: Callable[[dict[str, Any]], None] | None = None
-        """Called with each learning event (see `apply_event`), e.g. to share it."""
+        self.outbox = EventOutbox()
+        """Each learning event (see `apply_event`), until the service takes it."""
         self.n_events_applied = 0
 
     def _new_policy(
@@ -293,17 +293,20 @@ class CascadeLearner:
         """Learn from one request. `labels[position]` says whether that level's
         answer was right (None: no label)."""
         self._finish(trace, published_position, labels, published_code, top_answer_tested)
-        if self.on_event is not None:
-            self.on_event(
-                {
-                    "version": EVENT_VERSION,
-                    "trace": trace_to_dict(trace),
-                    "published_position": published_position,
-                    "labels": {str(k): v for k, v in labels.items()},
-                    "published_code": published_code,
-                    "top_answer_tested": top_answer_tested,
-                }
-            )
+        self.outbox.put(
+            {
+                "version": EVENT_VERSION,
+                "trace": trace_to_dict(trace),
+                "published_position": published_position,
+                "labels": {str(k): v for k, v in labels.items()},
+                "published_code": published_code,
+                "top_answer_tested": top_answer_tested,
+            }
+        )
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The learning events since the last call, oldest first (for replicas)."""
+        return self.outbox.take()
 
     def apply_event(self, event: dict[str, Any]) -> None:
         """Learn what another replica learned from one of its requests (its

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from streamcascade.learning.policies import (
     RouterSettings,
     RouteState,
 )
+from streamcascade.learning.protocol import EventOutbox
 from streamcascade.learning.running import RunningMean
 from streamcascade.learning.snapshots import SnapshotMismatch, check_snapshot
 from streamcascade.schemas import CodeRequest, Feedback
@@ -142,8 +143,8 @@ class RouteLearner:
         self.feedback_agreement = RunningMean(alpha=0.01, warmup=100)
         self.feedback_agreement.value, self.feedback_agreement.n = _TRUSTED_AGREEMENT, 20
         self.n_drifts = 0
-        self.on_event: Callable[[dict[str, Any]], None] | None = None
-        """Called with each learning event (see `apply_event`), e.g. to share it."""
+        self.outbox = EventOutbox()
+        """Each learning event (see `apply_event`), until the service takes it."""
         self.n_events_applied = 0
         self.last: tuple[dict[str, Any], dict[int, bool | None]] | None = None
         """The last finished request's route and labels (for benchmarks)."""
@@ -192,15 +193,18 @@ class RouteLearner:
             observation = state.observations[published]
             verdict = observation.has_answer and observation.score >= 1.0
         self._remember(request_id, PendingAnswer(route, published, verdict))
-        if self.on_event is not None:
-            self.on_event(
-                {
-                    "version": STATE_VERSION,
-                    "kind": "route",
-                    "state": state_to_dict(state),
-                    "labels": {str(k): v for k, v in labels.items()},
-                }
-            )
+        self.outbox.put(
+            {
+                "version": STATE_VERSION,
+                "kind": "route",
+                "state": state_to_dict(state),
+                "labels": {str(k): v for k, v in labels.items()},
+            }
+        )
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The learning events since the last call, oldest first (for replicas)."""
+        return self.outbox.take()
 
     def apply_event(self, event: dict[str, Any]) -> None:
         """Learn from a request another replica answered."""

@@ -242,8 +242,6 @@ class CascadeService:
         self._lost: set[Any] = set()
         self._paused: set[Any] = set()
         self._consumer: Any = None
-        # Set on the worker thread by the learner, drained here after each batch.
-        self._events: list[dict[str, Any]] = []
         # Tells this process's own learning events apart from those of an
         # earlier run of the same instance, which a restored snapshot may lack.
         self._session = uuid.uuid4().hex
@@ -304,8 +302,6 @@ class CascadeService:
         self._consumer.subscribe([config.topics.requests], listener=self._rebalances)
         self.link.on_up.append(lambda: restart_fetching(self._consumer))
         self.inbox.open(restored_offsets)
-        if self.learner is not None:
-            self.learner.on_event = lambda event: self._events.append(event)
         self.delivery.open()
         log.info(
             "serving %s -> %s as %s in group %s (%s)",
@@ -486,7 +482,8 @@ class CascadeService:
                 failed.append(partition)
                 outputs.append((partition, self._dead_letter(
                     record, _reason(result), type(result).__name__)))  # fmt: skip
-        events, self._events = self._events, []
+        # What the learner learned from this batch goes out with its answers.
+        events = self.learner.take_events() if self.learner is not None else []
         for event in events:
             outputs.append((None, Output(
                 self.config.topics.learning, self.instance_id.encode(),
