@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from connectors.base import Record
+from streamcascade.errors import InputError
 from streamcascade.schemas import CodeRequest
 from streamcascade.selfcheck import examples_as_asserts
 
@@ -44,3 +45,13 @@ class HumanEvalSource:
             if self.limit is not None and number >= self.limit:
                 return
             yield Record(request=to_request(problem))
+
+
+def open_source(location: str | None, limit: int | None) -> HumanEvalSource:
+    """A `streamcascade.sources` entry point: the bundled problems (no location)."""
+    if location is not None:
+        raise InputError(
+            f"the humaneval source reads the bundled problems, not {location}",
+            hint="--source jsonl (or leave --source out) reads a file",
+        )
+    return HumanEvalSource(limit)

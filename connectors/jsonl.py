@@ -10,8 +10,26 @@ from typing import IO
 from pydantic import BaseModel
 
 from connectors.base import Record
+from streamcascade.errors import InputError
+from streamcascade.preflight import check_input_file, check_output_file
 from streamcascade.schemas import DeadLetter
 from streamcascade.service.codec import Rejected, parse_request
+
+
+def open_source(location: str | None, limit: int | None) -> JsonlSource:
+    """A `streamcascade.sources` entry point: the JSONL file at `location`."""
+    if location is None:
+        raise InputError("the jsonl source reads a file: name it with --input FILE")
+    check_input_file(Path(location))
+    return JsonlSource(Path(location))
+
+
+def open_sink(location: str | None, stream: IO[str] | None, option: str = "--out") -> JsonlSink:
+    """A `streamcascade.sinks` entry point: append to the file at `location`,
+    or write to `stream` (stdout by default)."""
+    if location is not None:
+        check_output_file(Path(location), option)
+    return JsonlSink(Path(location) if location is not None else None, stream)
 
 
 class JsonlSource:

@@ -88,6 +88,33 @@ def test_run_answers_jsonl_and_dead_letters_bad_records(
     assert f"1 answered, 3 dead letters (in {beside})" in err and "NotJson" not in err
 
 
+def test_run_reads_and_writes_a_directory_pair_and_names_unknown_connectors(
+    tmp_path: Path, replay_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    good = {"id": "T/0", "prompt": PROMPT, "entry_point": "inc",
+            "visible_tests": ["assert inc(1) == 2"]}  # fmt: skip
+    (inbox / "1.json").write_text(json.dumps(good))
+    (inbox / "2.json").write_text("{not json")
+    (inbox / "notes.txt").write_text("not a request file")
+    code = main(["run", "--config", str(replay_config), "--source", "directory", "--input",
+                 str(inbox), "--sink", "directory", "--out", str(outbox), "--no-progress",
+                 "--no-grade"])  # fmt: skip
+    assert code == 0
+    [answer_file] = outbox.iterdir()
+    assert answer_file.name == "T%2F0.json"
+    assert json.loads(answer_file.read_text())["code"].count("x + 1") == 1
+    [dead] = (tmp_path / "outbox.dead-letters.jsonl").read_text().splitlines()
+    assert json.loads(dead)["error_type"] == "NotJson"
+    assert "1 answered, 1 dead letters" in capsys.readouterr().err
+    # A connector nobody installed is a usage error that lists those that are.
+    assert main(["run", "--config", str(replay_config), "--sink", "s3", "--no-progress"]) == 2
+    assert "no sink named 's3'; installed: directory, jsonl" in capsys.readouterr().err
+    assert main(["run", "--config", str(replay_config), "--source", "directory",
+                 "--input", str(inbox / "1.json"), "--no-progress"]) == 3  # fmt: skip
+
+
 def test_bench_writes_table_json_and_png(tmp_path: Path, replay_config: Path) -> None:
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps({"id": "T/0", "prompt": PROMPT, "entry_point": "inc",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from streamcascade.config import load_config
-from streamcascade.errors import Unavailable
+from streamcascade.errors import UsageError
 from streamcascade.schemas import CodeRequest, DeadLetter
 
 log = logging.getLogger("streamcascade")
@@ -23,17 +23,27 @@ class _Record(Protocol):
     dead_letter: DeadLetter | None
 
 
-def connector(group: str, kind: str, **kwargs: Any) -> Any:
-    """Sources and sinks live in the `connectors` package, found through entry
-    points (groups streamcascade.sources and streamcascade.sinks) so that this
-    library never imports it."""
+def connector(group: str, kind: str) -> Any:
+    """The factory of a source or sink (see `connectors/base.py`), found
+    through the entry points of `group` (streamcascade.sources or
+    streamcascade.sinks), so that this library never imports a connector and
+    any installed one is opened by name."""
     found = {ep.name: ep for ep in entry_points(group=group)}
     if kind not in found:
-        raise Unavailable(
-            f"nothing named {kind!r} in {group}; installed: {sorted(found)}",
-            hint="reinstall the project (pip install -e .): its connectors are entry points",
+        raise UsageError(
+            f"no {group.rsplit('.', 1)[1][:-1]} named {kind!r}; installed: "
+            f"{', '.join(sorted(found)) or 'none'}",
+            hint="a connector package adds one with an entry point; reinstall the project "
+            "(pip install -e .) if its own are missing",
         )
-    return found[kind].load()(**kwargs)
+    return found[kind].load()
+
+
+def open_source(args: argparse.Namespace) -> Any:
+    """The source `--source` names (default: jsonl with --input, else the
+    bundled humaneval), opened on `--input`: checked before any model loads."""
+    kind = getattr(args, "source", None) or ("jsonl" if args.input else "humaneval")
+    return connector("streamcascade.sources", kind)(args.input, args.limit)
 
 
 def show_progress(
@@ -49,11 +59,9 @@ def show_progress(
     return bar
 
 
-def read_records(args: argparse.Namespace) -> Iterator[_Record]:
-    if args.input:
-        source = connector("streamcascade.sources", "jsonl", path=Path(args.input))
-    else:
-        source = connector("streamcascade.sources", "humaneval", limit=args.limit)
+def read_records(args: argparse.Namespace, source: Any = None) -> Iterator[_Record]:
+    """The records of `source` (default: `open_source(args)`), at most `--limit`."""
+    source = source if source is not None else open_source(args)
     for count, record in enumerate(source.records()):
         if args.limit is not None and count >= args.limit:
             return

@@ -79,7 +79,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
         with Path(args.input).open("rb") as handle:
             values = [line.rstrip(b"\r\n") for line in handle if line.strip()]
     else:
-        source = connector("streamcascade.sources", "humaneval", limit=args.limit)
+        source = connector("streamcascade.sources", "humaneval")(None, args.limit)
         values = [
             r.request.model_dump_json().encode() for r in source.records() if r.request is not None
         ]

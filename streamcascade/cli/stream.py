@@ -11,6 +11,7 @@ from typing import Any
 
 from streamcascade.cli.common import (
     connector,
+    open_source,
     positive_int,
     read_lines,
     read_records,
@@ -27,34 +28,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamcascade.cascade.build import build_engine
     from streamcascade.learning.snapshots import SnapshotStore
     from streamcascade.metrics import RunSummary, format_table
-    from streamcascade.preflight import check_backends, check_input_file, check_output_file
+    from streamcascade.preflight import check_backends
     from streamcascade.sandbox import Sandbox
     from streamcascade.tasks import grade_answer
 
     config = load_config(Path(args.config) if args.config else None)
-    # Everything the user named is checked before a sandbox opens or a model loads.
-    if args.input:
-        check_input_file(Path(args.input))
-    if args.out:
-        check_output_file(Path(args.out), "--out")
+    # Everything the user named is checked before a sandbox opens or a model
+    # loads: the connectors check their own locations as they open.
+    source = open_source(args)
     dead_path = Path(args.dead_letters) if args.dead_letters else None
     if dead_path is None and args.out:
         # Beside the answers, not on stderr among the logs.
         out = Path(args.out)
         dead_path = out.with_name(f"{out.stem}.dead-letters.jsonl")
-    if dead_path is not None:
-        check_output_file(dead_path, "--dead-letters")
     if args.state_dir and Path(args.state_dir).exists() and not Path(args.state_dir).is_dir():
         raise InputError(f"--state-dir {args.state_dir} is a file, not a directory")
-    check_backends(config)
     sinks = "streamcascade.sinks"
-    answers_out = connector(sinks, "jsonl", path=Path(args.out) if args.out else None)
-    dead_out = connector(
-        sinks,
-        "jsonl",
-        path=dead_path,
-        stream=sys.stderr,
+    answers_out = connector(sinks, args.sink)(args.out, None, "--out")
+    dead_out = connector(sinks, "jsonl")(
+        str(dead_path) if dead_path is not None else None, sys.stderr, "--dead-letters"
     )
+    check_backends(config)
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
     with Sandbox(config.sandbox) as sandbox:
         built = build_engine(config, sandbox, args.learn)
@@ -97,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     store.save(learner.state_dict())
             batch.clear()
 
-        for record in show_progress(read_records(args), "requests", not args.no_progress, total):
+        records = read_records(args, source)
+        for record in show_progress(records, "requests", not args.no_progress, total):
             if record.dead_letter is not None:
                 dead_out.write(record.dead_letter)
                 summary.n_dead_letters += 1
@@ -202,7 +197,22 @@ def add_commands(sub: Any) -> None:
     """run, state, explain and models."""
     run = sub.add_parser("run", help="stream requests through the cascade, one JSON answer each")
     run.add_argument("--config", help="YAML config (default: the embedded configs/default.yaml)")
-    run.add_argument("--input", help="a JSONL file of CodeRequests (default: bundled HumanEval)")
+    run.add_argument(
+        "--input",
+        help="where the source reads: a JSONL file of CodeRequests, or a directory with "
+        "--source directory (default: the bundled HumanEval)",
+    )
+    run.add_argument(
+        "--source",
+        help="an installed source (entry points streamcascade.sources: jsonl, humaneval, "
+        "directory, ...; default: jsonl with --input, else humaneval)",
+    )
+    run.add_argument(
+        "--sink",
+        default="jsonl",
+        help="an installed sink for the answers (streamcascade.sinks: jsonl, directory, ...; "
+        "default jsonl: --out FILE, or stdout)",
+    )
     run.add_argument("--limit", type=positive_int, help="stop after N requests")
     run.add_argument(
         "--batch-size",
@@ -211,7 +221,9 @@ def add_commands(sub: Any) -> None:
         help="requests answered together: each level step is one backend call for all of "
         "them (default 8; a learning cascade learns between batches)",
     )
-    run.add_argument("--out", help="append answers to this file (default: stdout)")
+    run.add_argument(
+        "--out", help="where the sink writes: append answers to this file (default: stdout)"
+    )
     run.add_argument(
         "--dead-letters",
         help="append dead letters here (default: beside --out as NAME.dead-letters.jsonl; "
