@@ -13,6 +13,7 @@ from test_cascade import REQUEST, RIGHT, TESTS, WRONG, ScriptedBackend, _level
 from streamcascade.backends.replay import ReplayBackendConfig
 from streamcascade.benchtools.routebench import Signals, pareto
 from streamcascade.cascade import CascadeEngine
+from streamcascade.cascade.drivers import RouterDriver
 from streamcascade.cascade.online import Labeler
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig, LevelConfig, RouterConfig
@@ -139,7 +140,7 @@ def test_the_learning_loop_labels_by_imitation_and_learns_feedback(sandbox: Sand
         enabled=True, router=RouterConfig(explore_floor=0.0, prior_precision=1.0)
     )
     learner = RouteLearner(learning, [level.config for level in levels])
-    engine = RoutedCascadeEngine(levels, learner=learner, labeler=Labeler(sandbox, "imitation"))
+    engine = RoutedCascadeEngine(levels, RouterDriver(learner, Labeler(sandbox, "imitation")))
     requests = [
         CodeRequest(id=f"r{i}", prompt=REQUEST.prompt, entry_point="double",
                     visible_tests=["assert double(2) == 4"])

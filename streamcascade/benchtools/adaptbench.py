@@ -40,6 +40,7 @@ from streamcascade.benchtools.routebench import (
     recovery_requests,
     swapped_world,
 )
+from streamcascade.cascade.drivers import RouterDriver
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
@@ -301,7 +302,7 @@ def router_phases(
             if learner is not None:
                 grown.load_state_dict(learner.state_dict())
             learner, start = grown, phase
-            engine = RoutedCascadeEngine(levels, learner=learner, labeler=first.labeler(learning))
+            engine = RoutedCascadeEngine(levels, RouterDriver(learner, first.labeler(learning)))
         for level in levels:
             level.phase = phase - start
         mu = _mu(world, top_calls)

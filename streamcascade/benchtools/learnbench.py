@@ -379,6 +379,7 @@ def real_learn(
     """The cascade router on live models beside each level alone and the fixed
     cascade, one pass in order, every level's attempt shared (deterministic
     models). `weight`: one call of the top level weighs this many wrong answers."""
+    from streamcascade.cascade.drivers import RouterDriver
     from streamcascade.cascade.routed import RoutedCascadeEngine
     from streamcascade.learning.router_learner import RouteLearner
 
@@ -413,7 +414,7 @@ def real_learn(
     )
     fixed = RoutedCascadeEngine(levels)
     learner = RouteLearner(learning, [level.config for level in levels])
-    router = RoutedCascadeEngine(levels, learner=learner, labeler=Labeler(sandbox, learning.labels))
+    router = RoutedCascadeEngine(levels, RouterDriver(learner, Labeler(sandbox, learning.labels)))
     for name, engine in (("fixed-threshold cascade", fixed), ("router, imitation labels", router)):
         result = StreamResult(name)
         for request in wrap(requests, name):

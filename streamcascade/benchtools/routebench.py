@@ -39,6 +39,7 @@ from streamcascade.benchtools.learnbench import (
     plot_regret,
     summarise,
 )
+from streamcascade.cascade.drivers import RouterDriver
 from streamcascade.cascade.level import Level
 from streamcascade.cascade.routed import RoutedCascadeEngine
 from streamcascade.config import LearningConfig
@@ -141,7 +142,7 @@ def router_run(
         switch = drift[2]
         levels = [switch if level.index == switch.index else level for level in levels]
     learner = learner_class(learning, [level.config for level in levels])
-    engine = RoutedCascadeEngine(levels, learner=learner, labeler=world.labeler(learning))
+    engine = RoutedCascadeEngine(levels, RouterDriver(learner, world.labeler(learning)))
     run = RouterRun(StreamResult(name))
     rng = random.Random(seed)
     waiting: deque[tuple[int, Feedback]] = deque()

@@ -86,6 +86,10 @@ class Driver:
     def __init__(self, policy: CascadePolicy) -> None:
         self.policy = policy
 
+    def check(self, levels: Sequence[Level]) -> None:
+        """Raise ValueError if this driver cannot drive `levels` (a learner
+        sized for another cascade)."""
+
     def begin(self, request: CodeRequest) -> RouteState:
         """A request's state before any level runs."""
         return RouteState({})
@@ -177,6 +181,10 @@ class RouterDriver(Driver):
         self.router = learner
         self.learner = learner
         self.labeler = labeler
+
+    def check(self, levels: Sequence[Level]) -> None:
+        if self.router.n_levels != len(levels):
+            raise ValueError("the learner must have one slot per level")
 
     def begin(self, request: CodeRequest) -> RouteState:
         return self.router.begin(request)

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from streamcascade.backends import BackendError, generation_deadline
 from streamcascade.cascade.answer import RequestFailed, build_answer
-from streamcascade.cascade.drivers import SELF, Driver, RouterDriver, Runner, meets_threshold
-from streamcascade.cascade.labeler import Labeler
+from streamcascade.cascade.drivers import SELF, Driver, Runner, meets_threshold
 from streamcascade.cascade.level import Level, LevelOutcome
-from streamcascade.learning.policies import CascadePolicy, FixedCascadePolicy, RouteState
+from streamcascade.learning.policies import FixedCascadePolicy, RouteState
 from streamcascade.learning.protocol import OnlineLearner
-from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import CascadeAnswer, CodeRequest, Feedback, LevelFailure
 from streamcascade.tasks import Answer, check_request
 
@@ -59,35 +57,30 @@ class _Flight:
 class RoutedCascadeEngine:
     """Runs the levels a policy picks, one step at a time.
 
-    What decides is a `Driver`: the fixed cascade's by default; with a
-    `RouteLearner` (and a `Labeler`), the router's (`RouterDriver`); or any
-    driver given, such as the Hedge policy's (`HedgeDriver`).
+    What decides is a `Driver`: the fixed cascade's by default, or any driver
+    given (the router's `RouterDriver`, the Hedge policy's `HedgeDriver`, or a
+    plug-in policy's, from `drivers.driver_for`).
     """
 
     def __init__(
         self,
         levels: Sequence[Level],
-        policy: CascadePolicy | None = None,
-        learner: RouteLearner | None = None,
-        labeler: Labeler | None = None,
+        driver: Driver | None = None,
         fallback: Level | None = None,
         deadline_s: float | None = None,
-        driver: Driver | None = None,
     ) -> None:
-        """`fallback` answers when the top level's backend failed; `deadline_s`
+        """The one way to build an engine: its levels and the driver of its
+        policy (None: the fixed cascade on the levels' thresholds; a learning
+        policy's driver comes from `drivers.driver_for`, or `RouterDriver`).
+        `fallback` answers when the top level's backend failed; `deadline_s`
         bounds all generation for one request."""
         if not levels:
             raise ValueError("a cascade needs at least one level")
-        if learner is not None:
-            if labeler is None:
-                raise ValueError("a learning cascade needs a labeler")
-            if learner.n_levels != len(levels):
-                raise ValueError("the learner must have one slot per level")
-            driver = RouterDriver(learner, labeler)
         self.levels = list(levels)
         self.driver = driver or Driver(
-            policy or FixedCascadePolicy([level.config.threshold for level in self.levels])
+            FixedCascadePolicy([level.config.threshold for level in self.levels])
         )
+        self.driver.check(self.levels)
         self.fallback = fallback
         self.deadline_s = deadline_s
         self._learning = [p for p, level in enumerate(self.levels[:-1]) if level.learns]
