@@ -109,7 +109,7 @@ def test_a_sweep_reads_every_smaller_shape_as_its_own_attempt(sandbox: Sandbox) 
     swept = level.sweep(_double(0), (), shapes)
     assert len(backend.prompts) == 2  # one solution pass and one test pass for all shapes
     for k, t, lines in shapes:
-        alone = level.attempt(_double(0), (), Arm(k, t, lines, 1.0))
+        alone = level.attempt(_double(0), (), (k, t, lines), 1.0)
         outcome = swept[(k, t, lines)]
         assert outcome.code == alone.code and outcome.tests == alone.tests
         for field in ("score", "n_solutions", "n_tests", "tokens_in", "tokens_out", "cost_usd"):

@@ -183,7 +183,7 @@ def test_a_real_model_classifies_a_request_with_a_label_set(
     )
     with Sandbox(config.sandbox) as sandbox:
         level = Level(1, level_config, pool.get(level_config.backend), sandbox)
-        outcome = level.classify(request)
+        outcome = level.step([request])[0]
     attempt = outcome.attempt
     assert outcome.label in request.label_set  # type: ignore[operator]
     assert attempt.n_solutions == 3 and attempt.tokens_in > 20 and attempt.tokens_out > 0

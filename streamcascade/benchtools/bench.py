@@ -16,8 +16,8 @@ from typing import Any
 
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
 from streamcascade.cascade.engine import pool_for
+from streamcascade.cascade.level import Shape
 from streamcascade.config import AppConfig
-from streamcascade.learning.budget import Arm
 from streamcascade.metrics import RunSummary, format_table
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
@@ -34,7 +34,9 @@ class CachingLevel(Level):
 
     def __init__(self, inner: Level) -> None:
         super().__init__(inner.index, inner.config, inner.backend, inner.sandbox)
-        self._cache: dict[tuple[str, tuple[tuple[str, str], ...], Arm | None], LevelOutcome] = {}
+        self._cache: dict[
+            tuple[str, tuple[tuple[str, str], ...], Shape | None, float | None], LevelOutcome
+        ] = {}
         self._steps: dict[str, LevelOutcome] = {}
 
     def step(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
@@ -47,13 +49,14 @@ class CachingLevel(Level):
         self,
         request: CodeRequest,
         exemplars: Sequence[tuple[str, str]] = (),
-        arm: Arm | None = None,
+        shape: Shape | None = None,
+        threshold: float | None = None,
     ) -> LevelOutcome:
-        if not exemplars and arm is None:
+        if not exemplars and shape is None and threshold is None:
             return self.step([request])[0]  # the same attempt: one cache
-        key = (request.id, tuple(exemplars), arm)
+        key = (request.id, tuple(exemplars), shape, threshold)
         if key not in self._cache:
-            self._cache[key] = super().attempt(request, exemplars, arm)
+            self._cache[key] = super().attempt(request, exemplars, shape, threshold)
         return self._cache[key]
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 from streamcascade.benchtools.bench import caching_levels
 from streamcascade.cascade import CascadeEngine, Level, LevelOutcome
-from streamcascade.cascade.level import cost_usd
+from streamcascade.cascade.level import Shape, cost_usd
 from streamcascade.cascade.online import Labeler, OnlineCascadeEngine
 from streamcascade.config import AppConfig, LearningConfig
-from streamcascade.learning.budget import Arm
 from streamcascade.learning.learner import CascadeLearner
 from streamcascade.sandbox import Sandbox
 from streamcascade.schemas import CodeRequest
@@ -326,10 +325,11 @@ class SwitchLevel(Level):
         self,
         request: CodeRequest,
         exemplars: Sequence[tuple[str, str]] = (),
-        arm: Arm | None = None,
+        shape: Shape | None = None,
+        threshold: float | None = None,
     ) -> LevelOutcome:
         level = self.after if self.switched else self.before
-        return self._as_own(level.attempt(request, exemplars, arm))
+        return self._as_own(level.attempt(request, exemplars, shape, threshold))
 
 
 def _plt() -> Any:

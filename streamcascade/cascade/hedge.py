@@ -214,7 +214,8 @@ class HedgeDriver(Driver):
         if arms is not None:
             pulled = arms.pull()
             flight.arms[position] = pulled
-            return lambda level, request: level.attempt(request, shown, pulled[1])
+            arm = pulled[1]
+            return lambda level, request: level.attempt(request, shown, arm.shape, arm.threshold)
         if shown:
             return lambda level, request: level.attempt(request, shown)
         return None

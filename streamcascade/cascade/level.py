@@ -19,16 +19,17 @@ from streamcascade.backends.base import (
     Prompt,
 )
 from streamcascade.config import LevelConfig
-from streamcascade.learning.budget import Arm, Shape
 from streamcascade.sandbox import ExecutionResult, Sandbox
 from streamcascade.schemas import Attempt, CodeRequest, TestSummary
 from streamcascade.selfcheck import pool_tests, select
 from streamcascade.tasks import Answer, LevelOutcome, TestedKind, task_kind
-from streamcascade.tasks.function import KIND as FUNCTION
 
 __all__ = ["Level", "LevelOutcome"]
 
 log = logging.getLogger(__name__)
+
+Shape = tuple[int, int, int]
+"""(k solutions, t test generations, L asserts kept per generation)."""
 
 
 @dataclass
@@ -130,29 +131,31 @@ class Level:
         if taught is not None:
             self.backend.learn_outcomes([taught[0]], [taught[1]], [right])
 
-    # -- function requests with exemplars or budget arms (the Hedge driver) ----------
+    # -- one request, varied: exemplars, another shape or threshold ------------------
+
+    @property
+    def shape(self) -> Shape:
+        """The configured (k solutions, t test generations, L asserts each)."""
+        return (self.config.k_solutions, self.config.t_test_generations,
+                self.config.max_test_lines)  # fmt: skip
 
     def attempt(
         self,
         request: CodeRequest,
         exemplars: Sequence[tuple[str, str]] = (),
-        arm: Arm | None = None,
+        shape: Shape | None = None,
+        threshold: float | None = None,
     ) -> LevelOutcome:
-        """`exemplars`: worked (prompt, code) examples for the solution prompt.
-        `arm`: this request's (k, t, L, threshold), instead of the configured ones.
-        Both apply to function requests (the exemplar memory and the budget arms
-        are built for them); without them, any kind's step."""
-        if not exemplars and arm is None:
+        """This level's attempt at one request, with worked (prompt, code)
+        `exemplars` shown before its solution prompt, and a `shape` or
+        `threshold` other than the configured ones: what a policy may vary per
+        request. Through the request's kind, like `step`; a kind that votes
+        has no tests, so only the threshold applies to it."""
+        if not exemplars and shape is None and threshold is None:
             return self.step([request])[0]
-        config = self.config
-        shape = (
-            (arm.k_solutions, arm.t_test_generations, arm.max_test_lines)
-            if arm is not None
-            else (config.k_solutions, config.t_test_generations, config.max_test_lines)
-        )
-        threshold = arm.threshold if arm is not None else config.threshold
-        run = self._run(request, exemplars, shape, FUNCTION)
-        return self._outcome(request, run, shape, threshold, FUNCTION)
+        varied = _Varied(self, exemplars, shape or self.shape,
+                         self.config.threshold if threshold is None else threshold)  # fmt: skip
+        return task_kind(request.kind).step(varied, [request])[0]
 
     def sweep(
         self,
@@ -166,24 +169,9 @@ class Level:
         generation j the same way whatever n is asked for, so this is what each
         shape would have produced on its own. Outcomes carry the config's
         threshold; the cost of each is its own share of the tokens."""
-        widest = (
-            max(k for k, _, _ in shapes),
-            max(t for _, t, _ in shapes),
-            max(lines for _, _, lines in shapes),
-        )
-        run = self._run(request, exemplars, widest, FUNCTION)
-        return {
-            shape: self._outcome(request, run, shape, self.config.threshold, FUNCTION)
-            for shape in shapes
-        }
-
-    def attempt_many(self, requests: Sequence[CodeRequest]) -> list[LevelOutcome]:
-        """Function requests in a batch (`step` takes any kind)."""
-        return self.tested_step(requests, FUNCTION)
-
-    def classify(self, request: CodeRequest) -> LevelOutcome:
-        """A label request (`step` takes any kind)."""
-        return self.step([request])[0]
+        swept = _Swept(self, exemplars, shapes)
+        task_kind(request.kind).step(swept, [request])
+        return swept.outcomes
 
     # -- what a kind asks of a level (LevelTools) ------------------------------------
 
@@ -192,11 +180,19 @@ class Level:
         the backend in one `generate` call (and every test prompt in another), so
         a batching server sees the whole step; then the requests' sandbox runs go
         on concurrently."""
+        return self._tested(requests, kind, (), self.shape, self.config.threshold)
+
+    def _tested(
+        self,
+        requests: Sequence[CodeRequest],
+        kind: TestedKind,
+        exemplars: Sequence[tuple[str, str]],
+        shape: Shape,
+        threshold: float,
+    ) -> list[LevelOutcome]:
         if not requests:
             return []
-        config = self.config
-        shape = (config.k_solutions, config.t_test_generations, config.max_test_lines)
-        generated = self._generate(requests, [()] * len(requests), shape, kind)
+        generated = self._generate(requests, [exemplars] * len(requests), shape, kind)
 
         def check(i: int) -> _Run:
             solutions, tests, generation_s = generated[i]
@@ -208,7 +204,7 @@ class Level:
             with ThreadPoolExecutor(min(len(requests), 8), thread_name_prefix="check") as pool:
                 runs = list(pool.map(check, range(len(requests))))
         return [
-            self._outcome(request, run, shape, config.threshold, kind)
+            self._outcome(request, run, shape, threshold, kind)
             for request, run in zip(requests, runs, strict=True)
         ]
 
@@ -412,3 +408,56 @@ class Level:
             cost_usd=cost_usd(config, tokens_in, tokens_out),
         )
         return LevelOutcome(attempt=attempt, code="", label=label_or_none)
+
+
+class _Varied:
+    """The level's tools for one request with its exemplars, shape and
+    threshold (what `Level.attempt` hands the request's kind)."""
+
+    def __init__(self, level: Level, exemplars: Sequence[tuple[str, str]], shape: Shape,
+                 threshold: float) -> None:  # fmt: skip
+        self.level, self.exemplars, self.shape, self.threshold = level, exemplars, shape, threshold
+
+    def tested_step(self, requests: Sequence[CodeRequest], kind: TestedKind) -> list[LevelOutcome]:
+        return self.level._tested(requests, kind, self.exemplars, self.shape, self.threshold)
+
+    def vote_step(
+        self,
+        requests: Sequence[CodeRequest],
+        prompt: Callable[[CodeRequest], Prompt],
+        parse: Callable[[CodeRequest, str], str | None],
+    ) -> list[LevelOutcome]:
+        outcomes = self.level.vote_step(requests, prompt, parse)
+        for outcome in outcomes:
+            outcome.attempt = outcome.attempt.model_copy(update={"threshold": self.threshold})
+        return outcomes
+
+
+class _Swept:
+    """The level's tools for `Level.sweep`: one run at the widest shape, kept
+    as the outcome of every shape (a kind that votes has one outcome)."""
+
+    def __init__(self, level: Level, exemplars: Sequence[tuple[str, str]],
+                 shapes: Sequence[Shape]) -> None:  # fmt: skip
+        self.level, self.exemplars, self.shapes = level, exemplars, shapes
+        self.outcomes: dict[Shape, LevelOutcome] = {}
+
+    def tested_step(self, requests: Sequence[CodeRequest], kind: TestedKind) -> list[LevelOutcome]:
+        level, shapes = self.level, self.shapes
+        widest = (max(k for k, _, _ in shapes), max(t for _, t, _ in shapes),
+                  max(lines for _, _, lines in shapes))  # fmt: skip
+        [request] = requests
+        run = level._run(request, self.exemplars, widest, kind)
+        self.outcomes = {shape: level._outcome(request, run, shape, level.config.threshold, kind)
+                         for shape in shapes}  # fmt: skip
+        return [self.outcomes[widest] if widest in self.outcomes else self.outcomes[shapes[0]]]
+
+    def vote_step(
+        self,
+        requests: Sequence[CodeRequest],
+        prompt: Callable[[CodeRequest], Prompt],
+        parse: Callable[[CodeRequest, str], str | None],
+    ) -> list[LevelOutcome]:
+        outcomes = self.level.vote_step(requests, prompt, parse)
+        self.outcomes = dict.fromkeys(self.shapes, outcomes[0])
+        return outcomes

@@ -32,6 +32,11 @@ class Arm:
     max_test_lines: int
     threshold: float
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(k, t, L): what the level generates and tests for this arm."""
+        return (self.k_solutions, self.t_test_generations, self.max_test_lines)
+
     def label(self) -> str:
         return (
             f"k={self.k_solutions} t={self.t_test_generations} "
