@@ -19,7 +19,12 @@ from typing import Any, Protocol
 from streamcascade.cascade.labeler import Labeler
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.config import AppConfig
-from streamcascade.learning.policies import CascadePolicy, Observation, RouteState
+from streamcascade.learning.policies import (
+    CascadePolicy,
+    Observation,
+    RouteState,
+    meets_threshold,
+)
 from streamcascade.learning.protocol import OnlineLearner
 from streamcascade.learning.router_learner import RouteLearner
 from streamcascade.schemas import Attempt, CodeRequest, Feedback, RouteStep
@@ -68,9 +73,10 @@ def observation_of(position: int, outcome: LevelOutcome) -> Observation:
     )
 
 
-def meets_threshold(attempt: Attempt) -> bool:
-    """The level's own rule: an answer whose score reaches its threshold."""
-    return attempt.best_solution_index is not None and attempt.score >= attempt.threshold
+def attempt_meets_threshold(attempt: Attempt) -> bool:
+    """The fixed rule (`policies.meets_threshold`) on an attempt's own figures."""
+    return meets_threshold(attempt.best_solution_index is not None, attempt.score,
+                           attempt.threshold)  # fmt: skip
 
 
 class Driver:
@@ -130,7 +136,7 @@ class Driver:
         of it. A policy that does not learn publishes the first answer that meets
         its level's threshold, or the top's: accepted is published on that rule."""
         return attempt.model_copy(
-            update={"accepted": position == published and meets_threshold(attempt)}
+            update={"accepted": position == published and attempt_meets_threshold(attempt)}
         )
 
     def finish(

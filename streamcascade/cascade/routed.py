@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from streamcascade.backends import BackendError, generation_deadline
 from streamcascade.cascade.answer import RequestFailed, build_answer
-from streamcascade.cascade.drivers import SELF, Driver, Runner, meets_threshold
+from streamcascade.cascade.drivers import SELF, Driver, Runner, attempt_meets_threshold
 from streamcascade.cascade.level import Level, LevelOutcome
 from streamcascade.learning.policies import FixedCascadePolicy, RouteState
 from streamcascade.learning.protocol import OnlineLearner
@@ -289,7 +289,7 @@ class RoutedCascadeEngine:
                 answer, level = flight.fallback, self.fallback
                 assert level is not None
                 # The fallback publishes whatever it answered, on its own rule.
-                accepted = meets_threshold(answer.attempt)
+                accepted = attempt_meets_threshold(answer.attempt)
                 attempts.append(answer.attempt.model_copy(update={"accepted": accepted}))
             else:
                 answer, level = outcomes[published], self.levels[published]

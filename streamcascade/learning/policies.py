@@ -310,6 +310,16 @@ class CascadePolicy(Protocol):
     def answer(self, state: RouteState) -> int: ...
 
 
+def meets_threshold(has_answer: bool, score: float, threshold: float) -> bool:
+    """The fixed rule, in one place: an answer whose score reaches its level's
+    threshold.
+
+    >>> meets_threshold(True, 0.5, 0.5), meets_threshold(False, 1.0, 0.0)
+    (True, False)
+    """
+    return has_answer and score >= threshold
+
+
 class FixedCascadePolicy:
     """The fixed rule: run the levels in order; the first whose score reaches its
     threshold answers; the top always answers.
@@ -327,7 +337,8 @@ class FixedCascadePolicy:
         self.thresholds = list(thresholds)
 
     def _accepts(self, observation: Observation) -> bool:
-        return observation.has_answer and observation.score >= self.thresholds[observation.position]
+        threshold = self.thresholds[observation.position]
+        return meets_threshold(observation.has_answer, observation.score, threshold)
 
     def decide(self, state: RouteState, mu: float, cost_usd: Sequence[float]) -> int | None:
         if not state.order:
