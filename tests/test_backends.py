@@ -177,8 +177,11 @@ def test_retries_stop_at_the_deadline_and_the_key_is_never_logged(
     server = Server([(503, {}, {"error": "down"})] * 50)
     client = backend(server, backoff_initial_s=0.2)
     started = time.monotonic()
-    with generation_deadline(time.monotonic() + 0.5), pytest.raises(BackendError, match="503"):
-        # The deadline reaches the backend through the guard's context.
+    # The deadline reaches the backend through the guard's context: the client
+    # stops retrying and raises the last 503, or (on a loaded machine) the
+    # guard's own watchdog answers first; either way nothing waits past it.
+    with (generation_deadline(time.monotonic() + 0.5),
+          pytest.raises(BackendError, match=r"503|no answer within 0\.5 s")):  # fmt: skip
         GuardedBackend(lambda: client, "openai:m").generate([PROMPT], GenerationParams())
     assert time.monotonic() - started < 1.5
     assert "sk-secret-123" not in caplog.text
