@@ -43,12 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         dead_path = out.with_name(f"{out.stem}.dead-letters.jsonl")
     if args.state_dir and Path(args.state_dir).exists() and not Path(args.state_dir).is_dir():
         raise InputError(f"--state-dir {args.state_dir} is a file, not a directory")
+    check_backends(config)
+    # Opened last: a sink makes its file or directory, which a failed check
+    # above would otherwise leave behind empty.
     sinks = "streamcascade.sinks"
     answers_out = connector(sinks, args.sink)(args.out, None, "--out")
     dead_out = connector(sinks, "jsonl")(
         str(dead_path) if dead_path is not None else None, sys.stderr, "--dead-letters"
     )
-    check_backends(config)
     summary = RunSummary("cascade " + " > ".join(level.name for level in config.levels))
     with Sandbox(config.sandbox) as sandbox:
         built = build_engine(config, sandbox, args.learn)
